@@ -1,0 +1,264 @@
+//! The options value and its operations.
+
+use crate::batch::{self, Parallelism};
+use crate::{Element, Error, Isa, Rows, RowsMut};
+use rayon::ThreadPool;
+use softmax_kernels::{Forward, LogSumExp, Method, Output, Strided, StridedMut, Temperature};
+use std::sync::Arc;
+
+/// How each row's maximum and sum are computed. All give results within the
+/// documented bounds; they differ in memory traffic and arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Three-pass for rows that stay in cache, online beyond
+    /// ([`AUTO_ONLINE_FROM_COLS`]).
+    #[default]
+    Auto,
+    /// Max; exp-subtract-store-sum; scale.
+    ThreePass,
+    /// Dukhan & Ablavatski (2020): exponentials as (mantissa, exponent) pairs so the
+    /// sum needs no max; a second pass recomputes and normalises (2 reads + 1 write).
+    /// Rows with |x/t| ≥ 2^21 are computed with `Online` instead.
+    TwoPass,
+    /// Milakov & Gimelshein (2018): running max and rescaled running sum in one
+    /// read (updated per L1-sized block), then one output pass.
+    Online,
+}
+
+impl Algorithm {
+    /// Every algorithm that names a method (not `Auto`).
+    pub const METHODS: [Algorithm; 3] =
+        [Algorithm::ThreePass, Algorithm::TwoPass, Algorithm::Online];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Auto => "auto",
+            Algorithm::ThreePass => "three-pass",
+            Algorithm::TwoPass => "two-pass",
+            Algorithm::Online => "online",
+        }
+    }
+
+    /// The method used for rows of `cols` elements.
+    pub(crate) fn method(self, cols: usize) -> Method {
+        match self {
+            Algorithm::Auto if cols < AUTO_ONLINE_FROM_COLS => Method::ThreePass,
+            Algorithm::Auto => Method::Online,
+            Algorithm::ThreePass => Method::ThreePass,
+            Algorithm::TwoPass => Method::TwoPass,
+            Algorithm::Online => Method::Online,
+        }
+    }
+}
+
+/// `Algorithm::Auto` switches from three-pass to online at this row length.
+pub const AUTO_ONLINE_FROM_COLS: usize = 1 << 16;
+
+/// Softmax options: temperature, ISA, algorithm, parallelism. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Softmax {
+    temperature: Temperature,
+    isa: Isa,
+    algorithm: Algorithm,
+    parallelism: Parallelism,
+}
+
+impl Default for Softmax {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Softmax {
+    /// Temperature 1, the best ISA of this CPU, `Algorithm::Auto`, `Parallelism::Auto`.
+    pub fn new() -> Self {
+        Self {
+            temperature: Temperature::default(),
+            isa: Isa::detect(),
+            algorithm: Algorithm::Auto,
+            parallelism: Parallelism::Auto,
+        }
+    }
+
+    /// Computes softmax(x / t); `t` must be finite and > 0.
+    pub fn temperature(mut self, t: f32) -> Result<Self, Error> {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::InvalidTemperature(t));
+        }
+        self.temperature = Temperature::new(t);
+        Ok(self)
+    }
+
+    /// Runs on `isa`; an error if this CPU lacks it.
+    pub fn isa(mut self, isa: Isa) -> Result<Self, Error> {
+        if !isa.is_available() {
+            return Err(Error::IsaUnavailable(isa));
+        }
+        self.isa = isa;
+        Ok(self)
+    }
+
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Runs large batches on `pool` (shorthand for `Parallelism::Pool`).
+    pub fn thread_pool(self, pool: Arc<ThreadPool>) -> Self {
+        self.parallelism(Parallelism::Pool(pool))
+    }
+
+    pub fn get_temperature(&self) -> f32 {
+        self.temperature.get()
+    }
+    pub fn get_isa(&self) -> Isa {
+        self.isa
+    }
+    pub fn get_algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+    pub fn get_parallelism(&self) -> &Parallelism {
+        &self.parallelism
+    }
+
+    fn forward(&self, output: Output, x: Option<Strided<'_>>, y: StridedMut<'_>) {
+        let cols = y.cols();
+        let job = Forward {
+            output,
+            method: self.algorithm.method(cols),
+            temperature: self.temperature,
+            x,
+            y,
+        };
+        batch::run(job, cols, self.isa, &self.parallelism);
+    }
+
+    fn forward_row<I: Element, O: Element>(
+        &self,
+        output: Output,
+        x: &[I],
+        y: &mut [O],
+    ) -> Result<(), Error> {
+        if x.len() != y.len() {
+            return Err(Error::LengthMismatch {
+                input: x.len(),
+                output: y.len(),
+            });
+        }
+        let n = x.len();
+        let x = Strided::new(I::as_f32(x), 1, n, n);
+        let y = StridedMut::new(O::as_f32_mut(y), 1, n, n);
+        self.forward(output, Some(x), y);
+        Ok(())
+    }
+
+    fn forward_row_in_place<T: Element>(&self, output: Output, x: &mut [T]) -> Result<(), Error> {
+        let n = x.len();
+        self.forward(output, None, StridedMut::new(T::as_f32_mut(x), 1, n, n));
+        Ok(())
+    }
+
+    fn forward_rows<I: Element, O: Element>(
+        &self,
+        output: Output,
+        x: Rows<'_, I>,
+        y: RowsMut<'_, O>,
+    ) -> Result<(), Error> {
+        if (x.rows, x.cols) != (y.rows, y.cols) {
+            return Err(Error::ShapeMismatch {
+                input: (x.rows, x.cols),
+                output: (y.rows, y.cols),
+            });
+        }
+        self.forward(output, Some(x.kernel_view()), y.into_kernel_view());
+        Ok(())
+    }
+
+    /// y = softmax(x / t).
+    pub fn softmax<I: Element, O: Element>(&self, x: &[I], y: &mut [O]) -> Result<(), Error> {
+        self.forward_row(Output::Softmax, x, y)
+    }
+
+    /// x ← softmax(x / t).
+    pub fn softmax_in_place<T: Element>(&self, x: &mut [T]) -> Result<(), Error> {
+        self.forward_row_in_place(Output::Softmax, x)
+    }
+
+    /// y = log-softmax(x / t) = x/t − LSE(x/t).
+    pub fn log_softmax<I: Element, O: Element>(&self, x: &[I], y: &mut [O]) -> Result<(), Error> {
+        self.forward_row(Output::LogSoftmax, x, y)
+    }
+
+    /// x ← log-softmax(x / t).
+    pub fn log_softmax_in_place<T: Element>(&self, x: &mut [T]) -> Result<(), Error> {
+        self.forward_row_in_place(Output::LogSoftmax, x)
+    }
+
+    /// t · ln Σ exp(x / t): the smooth maximum (→ max x as t → 0); -inf for an empty row.
+    pub fn logsumexp<T: Element>(&self, x: &[T]) -> Result<f32, Error> {
+        let n = x.len();
+        let mut out = [0.0f32];
+        let job = LogSumExp {
+            method: self.algorithm.method(n),
+            temperature: self.temperature,
+            x: Strided::new(T::as_f32(x), 1, n, n),
+            out: &mut out,
+        };
+        batch::run(job, n, self.isa, &Parallelism::Serial);
+        Ok(out[0])
+    }
+
+    /// Softmax of each row of `x` into the same row of `y`.
+    pub fn softmax_rows<I: Element, O: Element>(
+        &self,
+        x: Rows<'_, I>,
+        y: RowsMut<'_, O>,
+    ) -> Result<(), Error> {
+        self.forward_rows(Output::Softmax, x, y)
+    }
+
+    /// Softmax of each row, in place.
+    pub fn softmax_rows_in_place<T: Element>(&self, x: RowsMut<'_, T>) -> Result<(), Error> {
+        self.forward(Output::Softmax, None, x.into_kernel_view());
+        Ok(())
+    }
+
+    /// Log-softmax of each row of `x` into the same row of `y`.
+    pub fn log_softmax_rows<I: Element, O: Element>(
+        &self,
+        x: Rows<'_, I>,
+        y: RowsMut<'_, O>,
+    ) -> Result<(), Error> {
+        self.forward_rows(Output::LogSoftmax, x, y)
+    }
+
+    /// Log-softmax of each row, in place.
+    pub fn log_softmax_rows_in_place<T: Element>(&self, x: RowsMut<'_, T>) -> Result<(), Error> {
+        self.forward(Output::LogSoftmax, None, x.into_kernel_view());
+        Ok(())
+    }
+
+    /// Logsumexp of each row into `out[row]` (`out` needs at least one value per row).
+    pub fn logsumexp_rows<T: Element>(&self, x: Rows<'_, T>, out: &mut [f32]) -> Result<(), Error> {
+        if out.len() < x.rows {
+            return Err(Error::OutputTooShort {
+                len: out.len(),
+                rows: x.rows,
+            });
+        }
+        let cols = x.cols;
+        let job = LogSumExp {
+            method: self.algorithm.method(cols),
+            temperature: self.temperature,
+            x: x.kernel_view(),
+            out: &mut out[..x.rows],
+        };
+        batch::run(job, cols, self.isa, &self.parallelism);
+        Ok(())
+    }
+}
