@@ -24,7 +24,7 @@ fn rows_of(len: usize, cols: usize) -> Result<usize, Error> {
     match cols {
         0 if len == 0 => Ok(0),
         0 => Err(Error::LengthNotMultiple { len, cols }),
-        _ if len % cols != 0 => Err(Error::LengthNotMultiple { len, cols }),
+        _ if !len.is_multiple_of(cols) => Err(Error::LengthNotMultiple { len, cols }),
         _ => Ok(len / cols),
     }
 }
