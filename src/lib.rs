@@ -1,27 +1,4 @@
-//! Fused SIMD softmax, log-softmax and log-sum-exp for CPUs.
-//!
-//! ```
-//! use softmax::{Softmax, Rows, RowsMut};
-//!
-//! let logits = [1.0f32, 2.0, 3.0, f32::NEG_INFINITY];
-//! let mut probs = [0.0f32; 4];
-//! softmax::softmax(&logits, &mut probs)?;
-//! assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-//! assert_eq!(probs[3], 0.0);
-//!
-//! // A batch of 2 rows of 3, stored 4 apart, at temperature 0.7, in place.
-//! let mut batch = [0.5f32, 1.0, 1.5, 99.0, -1.0, 0.0, 1.0, 99.0];
-//! let sm = Softmax::new().temperature(0.7)?;
-//! sm.softmax_rows_in_place(RowsMut::new(&mut batch, 2, 3, 4)?)?;
-//! assert_eq!(batch[3], 99.0); // padding between rows is never touched
-//!
-//! let lse = sm.logsumexp(&logits)?;
-//! assert!(lse > 3.0);
-//! # let _ = Rows::new(&logits, 1, 4, 4)?;
-//! # Ok::<(), softmax::Error>(())
-//! ```
-//!
-//! Accuracy bounds, the special-value rules and the ISA list are in the README.
+#![doc = include_str!("../README.md")]
 
 mod batch;
 mod dispatch;
