@@ -13,7 +13,27 @@
 //! Inputs below [`CUTOFF`] give exactly 0, so no subnormal is produced or summed.
 //! NaN in gives NaN out (the flush is a select on `x < CUTOFF`, false for NaN).
 //!
-//! Provenance and accuracy: see the constant block below.
+//! Provenance. C1…C5 were fitted for this crate: a Remez fit (60-digit mpmath) of
+//! e^r ≈ 1 + r·q(r) on [−ln2/2, ln2/2] minimising the error in f32 ULPs of e^r
+//! (not the relative error: an ULP is relative to the binade, and the
+//! relative-error optimum spends 1.29 ULP where e^r ≈ 0.85), rounded to f32 one
+//! coefficient at a time with the rest re-fitted after each rounding, then a
+//! search over neighbouring f32 values scored on the FMA evaluation below.
+//! LN2_HI is the full f32(ln 2): with FMA, x − n·LN2_HI is exact, and
+//! LN2_HI + LN2_LO carries ln 2 to about 2^-53 (a one-constant reduction reaches
+//! 4.7 ULP near n = −125).
+//!
+//! Measured exhaustively (every f32, reference: f64 exp rounded to f32, the ten
+//! near-midpoint cases re-checked at 80 digits):
+//!
+//! | range | max error | correctly rounded |
+//! |---|---|---|
+//! | e^x, all 1,118,743,633 x in [CUTOFF, 0] | 1.895 ULP (x = −16.241247), never more than 2 steps from the correctly rounded value | 95.27 % |
+//! | e^r = fma(r, q, 1), all \|r\| ≤ ln2/2 | 1.735 ULP (r = 0.34653553) | 98.38 % |
+//!
+//! (XNNPACK's rr2-p5 coefficients, measured the same way: 1.981 ULP and 1.878 ULP.
+//! A degree-6 fit reaches 0.891 ULP for one more FMA; degree 5 keeps the
+//! softmax bounds with room to spare.)
 
 use pulp::Simd;
 
@@ -28,21 +48,18 @@ pub const LN2_HI: f32 = core::f32::consts::LN_2;
 pub const LN2_LO: f32 = (core::f64::consts::LN_2 - LN2_HI as f64) as f32;
 
 /// q(r) = C1 + C2·r + … + C5·r⁴ so that e^r ≈ 1 + r·q(r) on [−ln2/2, ln2/2].
-pub const C1: f32 = 0.999_999_94;
+pub const C1: f32 = f32::from_bits(0x3f7f_fff7); // 0x1.FFFFEEp-1 ≈ 0.99999946
 /// See [`C1`].
-pub const C2: f32 = 0.499_995_74;
+pub const C2: f32 = f32::from_bits(0x3eff_fee1); // 0x1.FFFDC2p-2 ≈ 0.49999145
 /// See [`C1`].
-pub const C3: f32 = 0.166_665_52;
+pub const C3: f32 = f32::from_bits(0x3e2a_aea2); // 0x1.555D44p-3 ≈ 0.1666818
 /// See [`C1`].
-pub const C4: f32 = 0.041_944_39;
+pub const C4: f32 = f32::from_bits(0x3d2b_9dc6); // 0x1.573B8Cp-5 ≈ 0.04189851
 /// See [`C1`].
-pub const C5: f32 = 0.008_301_11;
+pub const C5: f32 = f32::from_bits(0x3c07_5d44); // 0x1.0EBA88p-7 ≈ 0.008261982
 
 /// The smallest x whose e^x is a normal f32 (≥ 2^-126); below it exp gives 0.
-pub const CUTOFF: f32 = -87.33654;
-
-/// ln of the smallest normal f32.
-pub const LN_MIN_POSITIVE: f32 = -87.33654;
+pub const CUTOFF: f32 = f32::from_bits(0xc2ae_ac4f); // -0x1.5D589Ep+6 ≈ -87.33654022
 
 /// 2^k for an integer-valued float k in [-126, 127], built from its bit pattern.
 /// `k_plus_magic` is k + MAGIC (so its low bits hold k + 127).
@@ -91,7 +108,52 @@ pub(crate) fn exp_reduced<S: Simd>(simd: S, r: S::f32s) -> S::f32s {
     simd.mul_add_f32s(r, poly(simd, r), simd.splat_f32s(1.0))
 }
 
-/// Scalar e^x (x ≤ 0) through the same code, for callers outside a vector loop.
-pub fn exp_scalar(x: f32) -> f32 {
-    exp_nonpositive(pulp::Scalar, x, CUTOFF)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulp::{Scalar, Scalar512b};
+
+    /// Distance in f32 steps between two positive finite floats.
+    fn steps(a: f32, b: f32) -> u32 {
+        a.to_bits().abs_diff(b.to_bits())
+    }
+
+    /// Every 61st f32 of [CUTOFF, 0] through the scalar token and the emulated
+    /// 16-lane token: never more than 2 steps from the correctly rounded e^x,
+    /// never subnormal (the exhaustive measurement is in the module docs).
+    #[test]
+    fn exp_within_two_steps_of_correctly_rounded() {
+        let cutoff = Scalar512b.splat_f32s(CUTOFF);
+        let (lo, hi) = (0x8000_0000u32, CUTOFF.to_bits());
+        let xs: Vec<f32> = (lo..=hi).step_by(61).map(f32::from_bits).collect();
+        let mut worst = 0;
+        for chunk in xs.chunks_exact(16) {
+            let v: pulp::f32x16 = pulp::cast(<[f32; 16]>::try_from(chunk).unwrap());
+            let wide: [f32; 16] = pulp::cast(exp_nonpositive(Scalar512b, v, cutoff));
+            for (&x, &e) in chunk.iter().zip(&wide) {
+                let reference = (x as f64).exp() as f32;
+                assert_eq!(
+                    e.to_bits(),
+                    exp_nonpositive(Scalar, x, CUTOFF).to_bits(),
+                    "x = {x}"
+                );
+                assert!(e >= f32::MIN_POSITIVE, "e^{x} = {e} is subnormal or zero");
+                worst = worst.max(steps(e, reference));
+            }
+        }
+        assert!(
+            worst <= 2,
+            "e^x is {worst} steps from the correctly rounded value"
+        );
+    }
+
+    #[test]
+    fn exp_flushes_below_cutoff_and_keeps_nan() {
+        let below = f32::from_bits(CUTOFF.to_bits() + 1);
+        for x in [below, -100.0, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp_nonpositive(Scalar, x, CUTOFF).to_bits(), 0, "x = {x}");
+        }
+        assert!(exp_nonpositive(Scalar, f32::NAN, CUTOFF).is_nan());
+        assert_eq!(exp_nonpositive(Scalar, 0.0, CUTOFF), 1.0);
+    }
 }

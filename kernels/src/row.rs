@@ -15,7 +15,7 @@
 //! -inf (or an empty row) gives softmax 0, log-softmax -inf, logsumexp -inf.
 //! They are found without a per-element test: the max is ±inf, or the sum is NaN.
 
-use crate::exp::LN_MIN_POSITIVE;
+use crate::exp::CUTOFF;
 use crate::exp_sum::ExpSum;
 use crate::loops::{run, Io};
 use crate::max::MaxReduce;
@@ -248,7 +248,7 @@ pub(crate) fn forward_row<S: Simd>(
         Stats::Finite { max, ln_sum } => match output {
             Output::Softmax => {
                 // e^z / S is subnormal below z = ln(MIN_POSITIVE · S).
-                let cutoff = (LN_MIN_POSITIVE as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
+                let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
                 let map = ExpScale {
                     max,
                     inv_t,
