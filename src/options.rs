@@ -52,7 +52,7 @@ impl Algorithm {
 }
 
 /// `Algorithm::Auto` switches from three-pass to online at this row length.
-pub const AUTO_ONLINE_FROM_COLS: usize = 1 << 16;
+pub const AUTO_ONLINE_FROM_COLS: usize = 1 << 20;
 
 /// Softmax options: temperature, ISA, algorithm, parallelism. Cheap to clone.
 #[derive(Clone, Debug)]
