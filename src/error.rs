@@ -30,7 +30,7 @@ pub enum Error {
     LengthNotMultiple { len: usize, cols: usize },
     /// An output slice with fewer elements than the batch has rows.
     OutputTooShort { len: usize, rows: usize },
-    /// A temperature that is not finite and > 0.
+    /// A temperature that is not finite, or below the smallest normal f32 (≤ 0 included).
     InvalidTemperature(f32),
     /// An ISA this CPU (or this build's target) does not have.
     IsaUnavailable(Isa),
@@ -69,7 +69,11 @@ impl fmt::Display for Error {
                 "output holds {len} values but the batch has {rows} rows; expected at least one per row"
             ),
             Error::InvalidTemperature(t) => {
-                write!(f, "temperature {t} is invalid; expected a finite value > 0")
+                write!(
+                    f,
+                    "temperature {t} is invalid; expected a finite value ≥ {:e} (the smallest normal f32)",
+                    f32::MIN_POSITIVE
+                )
             }
             Error::IsaUnavailable(isa) => write!(
                 f,

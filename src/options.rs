@@ -80,9 +80,10 @@ impl Softmax {
         }
     }
 
-    /// Computes softmax(x / t); `t` must be finite and > 0.
+    /// Computes softmax(x / t); `t` must be finite and at least `f32::MIN_POSITIVE`
+    /// (a subnormal t has no finite f32 reciprocal).
     pub fn temperature(mut self, t: f32) -> Result<Self, Error> {
-        if !(t.is_finite() && t > 0.0) {
+        if !(t.is_finite() && t >= f32::MIN_POSITIVE) {
             return Err(Error::InvalidTemperature(t));
         }
         self.temperature = Temperature::new(t);

@@ -28,13 +28,14 @@ impl ExpSum {
     }
 }
 
-/// z = (x - max) · inv_t: the subtraction first, so the rounding error is relative to z.
+/// z = (x - max) · inv_t, with the subtraction rounded first so its error is
+/// relative to z. Formed as fma(x, 1/2, -max/2) · (2 · inv_t): halving is
+/// exact, so this equals round(x - max) · inv_t bit for bit, except that x - max
+/// cannot overflow (x = -3e38, max = 3e38 at t > 1 has a finite z).
 #[inline(always)]
 pub(crate) fn shifted<S: Simd>(simd: S, x: S::f32s, max: f32, inv_t: f32) -> S::f32s {
-    simd.mul_f32s(
-        simd.sub_f32s(x, simd.splat_f32s(max)),
-        simd.splat_f32s(inv_t),
-    )
+    let half_diff = simd.mul_add_f32s(x, simd.splat_f32s(0.5), simd.splat_f32s(-0.5 * max));
+    simd.mul_f32s(half_diff, simd.splat_f32s(2.0 * inv_t))
 }
 
 /// Adds the lanes of `v` in f64.

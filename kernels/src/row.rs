@@ -140,12 +140,13 @@ fn two_pass_sum<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> TwoPass {
     if !k.max.is_finite() {
         return TwoPass::Done(Stats::Special(classify(simd, x)));
     }
-    if k.sum.is_nan() {
-        return TwoPass::Done(Stats::Special(Special::Nan));
-    }
+    // Out of range first: such rows can make the pair sum NaN without any NaN input.
     let top = k.max * inv_t;
     if !(-LIMIT / 2.0..=LIMIT).contains(&top) {
         return TwoPass::Done(online_stats(simd, x, inv_t));
+    }
+    if k.sum.is_nan() {
+        return TwoPass::Done(Stats::Special(Special::Nan));
     }
     TwoPass::Exp(k)
 }
@@ -161,7 +162,12 @@ fn stats<S: Simd>(simd: S, method: Method, x: &[f32], inv_t: f32) -> Stats {
                 // ln Σ e^(x·inv_t) = E ln 2 + ln S; shifted by the max, in f64.
                 let ln_sum =
                     k.exponent * core::f64::consts::LN_2 + k.sum.ln() - k.max as f64 * inv_t as f64;
-                Stats::Finite { max: k.max, ln_sum }
+                // S counts the max's own term, e^0 = 1, so ln S ≥ 0; the terms' rounding
+                // can take it a hair below, which would make a log-probability positive.
+                Stats::Finite {
+                    max: k.max,
+                    ln_sum: ln_sum.max(0.0),
+                }
             }
         },
     }
