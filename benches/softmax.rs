@@ -23,6 +23,11 @@ use softmax::{Algorithm, Isa, Parallelism, Rows, RowsMut, Softmax};
 use std::hint::black_box;
 use std::time::Duration;
 
+#[allow(dead_code)]
+#[path = "../src/bin/report/baselines.rs"]
+mod baselines;
+use baselines::*;
+
 const IN_CACHE_COLS: [usize; 3] = [128, 1024, 32000];
 /// 64 MiB of logits and 64 MiB of output: beyond any last-level cache this crate targets.
 const OUT_OF_CACHE: (usize, usize) = (512, 32000);
@@ -94,91 +99,6 @@ impl Subject {
 
 // ------------------------------------------------------------------ yardsticks
 
-fn row_max(x: &[f32]) -> f32 {
-    let mut max = f32::NEG_INFINITY;
-    for &v in x {
-        if v > max {
-            max = v;
-        }
-    }
-    max
-}
-
-fn naive_softmax(x: &[f32], y: &mut [f32]) {
-    let max = row_max(x);
-    let mut sum = 0.0f32;
-    for (y, &v) in y.iter_mut().zip(x) {
-        *y = (v - max).exp();
-        sum += *y;
-    }
-    for y in y.iter_mut() {
-        *y /= sum;
-    }
-}
-
-fn naive_softmax_in_place(x: &mut [f32]) {
-    let max = row_max(x);
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
-    }
-}
-
-fn naive_logsumexp(x: &[f32]) -> f32 {
-    let max = row_max(x);
-    let mut sum = 0.0f32;
-    for &v in x {
-        sum += (v - max).exp();
-    }
-    max + sum.ln()
-}
-
-fn naive_log_softmax(x: &[f32], y: &mut [f32]) {
-    let lse = naive_logsumexp(x);
-    for (y, &v) in y.iter_mut().zip(x) {
-        *y = v - lse;
-    }
-}
-
-/// y = c·x (or x ← c·x) with explicit vectors on the best ISA.
-struct CopyScale<'a> {
-    x: Option<&'a [f32]>,
-    y: &'a mut [f32],
-}
-
-impl pulp::WithSimd for CopyScale<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let c = simd.splat_f32s(SCALE);
-        let (y, y_tail) = S::as_mut_simd_f32s(self.y);
-        match self.x {
-            Some(x) => {
-                let (x, x_tail) = S::as_simd_f32s(x);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = simd.mul_f32s(c, x);
-                }
-                for (y, &x) in y_tail.iter_mut().zip(x_tail) {
-                    *y = SCALE * x;
-                }
-            }
-            None => {
-                for y in y.iter_mut() {
-                    *y = simd.mul_f32s(c, *y);
-                }
-                for y in y_tail {
-                    *y *= SCALE;
-                }
-            }
-        }
-    }
-}
-
 // ------------------------------------------------------------------ workloads
 
 /// Logits, an output buffer and one logsumexp per row. In-place benches work
@@ -242,7 +162,7 @@ impl Workload {
             Subject::Naive => run_naive(op, x, y, lse, cols),
             Subject::CopyScale => {
                 let x = (op != Operation::SoftmaxInPlace).then_some(x);
-                pulp::Arch::new().dispatch(CopyScale { x, y });
+                copy_scale(SCALE, x, y);
             }
             Subject::Crate(..) => run_crate(op, options, x, y, lse, cols).unwrap(),
         }

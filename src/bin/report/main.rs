@@ -16,8 +16,11 @@
 //! Only std, rayon and pulp (dependencies of the crate itself) are used, so the
 //! report builds without dev-dependencies: flags, CSV, JSON and SVG are by hand.
 
+#[allow(dead_code)]
+mod baselines;
 mod svg;
 
+use baselines::{copy_scale, naive_softmax};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use softmax::{Algorithm, Isa, Parallelism, Rows, RowsMut, Softmax};
@@ -420,55 +423,7 @@ fn thread_counts(config: &Config, shape: Shape) -> Vec<usize> {
 
 // ---------------------------------------------------------------- the yardsticks
 
-/// The baseline: softmax as it is first written. Three plain loops, libm's
-/// `f32::exp`, one division per element, an f32 running sum.
-fn naive_softmax(x: &[f32], y: &mut [f32]) {
-    let mut max = f32::NEG_INFINITY;
-    for &v in x {
-        if v > max {
-            max = v;
-        }
-    }
-    let mut sum = 0.0f32;
-    for (y, &v) in y.iter_mut().zip(x) {
-        let e = (v - max).exp();
-        *y = e;
-        sum += e;
-    }
-    for y in y.iter_mut() {
-        *y /= sum;
-    }
-}
-
 const COPY_SCALE_FACTOR: f32 = 0.75;
-
-/// y = c·x with explicit vectors on the best ISA, so in-cache rows measure the
-/// core's load/store rate and out-of-cache rows the memory bandwidth.
-struct CopyScale<'a> {
-    x: &'a [f32],
-    y: &'a mut [f32],
-}
-
-impl pulp::WithSimd for CopyScale<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let c = simd.splat_f32s(COPY_SCALE_FACTOR);
-        let (x, x_tail) = S::as_simd_f32s(self.x);
-        let (y, y_tail) = S::as_mut_simd_f32s(self.y);
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = simd.mul_f32s(c, x);
-        }
-        for (y, &x) in y_tail.iter_mut().zip(x_tail) {
-            *y = COPY_SCALE_FACTOR * x;
-        }
-    }
-}
-
-fn copy_scale(x: &[f32], y: &mut [f32]) {
-    pulp::Arch::new().dispatch(CopyScale { x, y });
-}
 
 /// Runs a yardstick over whole rows, on one thread or split like the crate
 /// splits a batch (tasks of at least TASK_MIN_ELEMENTS, whole rows).
@@ -478,7 +433,7 @@ fn yardstick(op: Op, x: &[f32], y: &mut [f32], cols: usize, pool: Option<&Thread
             .chunks_exact(cols)
             .zip(y.chunks_exact_mut(cols))
             .for_each(|(x, y)| naive_softmax(x, y)),
-        _ => copy_scale(x, y),
+        _ => copy_scale(COPY_SCALE_FACTOR, Some(x), y),
     };
     match pool {
         None => block(x, y),
