@@ -66,9 +66,10 @@ pub struct Temperature {
 }
 
 impl Temperature {
-    /// `t` must be finite and > 0 (the `softmax` crate checks it).
+    /// `t` must be finite and at least `f32::MIN_POSITIVE`, so 1/t is finite
+    /// (the `softmax` crate checks it).
     pub fn new(t: f32) -> Self {
-        debug_assert!(t.is_finite() && t > 0.0);
+        debug_assert!(t.is_finite() && t >= f32::MIN_POSITIVE);
         Self {
             t,
             inv: (1.0 / t as f64) as f32,
