@@ -95,11 +95,18 @@ pub(crate) fn poly<S: Simd>(simd: S, r: S::f32s) -> S::f32s {
 /// Returns NaN for NaN.
 #[inline(always)]
 pub(crate) fn exp_nonpositive<S: Simd>(simd: S, x: S::f32s, cutoff: S::f32s) -> S::f32s {
-    let (_, pow2n, r) = reduce(simd, x);
-    let q = poly(simd, r);
-    let e = simd.mul_add_f32s(simd.mul_f32s(r, pow2n), q, pow2n);
+    let e = exp_in_range(simd, x);
     let underflow = simd.less_than_f32s(x, cutoff);
     simd.select_f32s(underflow, simd.splat_f32s(0.0), e)
+}
+
+/// e^x for x in [[`CUTOFF`], 0] (and NaN for NaN), with no underflow test: the
+/// caller knows the whole row is in range. Bit-identical to [`exp_nonpositive`] there.
+#[inline(always)]
+pub(crate) fn exp_in_range<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    let (_, pow2n, r) = reduce(simd, x);
+    let q = poly(simd, r);
+    simd.mul_add_f32s(simd.mul_f32s(r, pow2n), q, pow2n)
 }
 
 /// e^r for a reduced argument: 1 + r·q(r), in about [0.7, 1.42].

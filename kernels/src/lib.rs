@@ -12,7 +12,8 @@
 //! | file          | pass |
 //! |---------------|------|
 //! | `exp.rs`      | the vector exp and its constants |
-//! | `max.rs`      | max-reduce |
+//! | `max.rs`      | max- and min-reduce |
+//! | `shift.rs`    | z = (x - max)/t, three ways |
 //! | `exp_sum.rs`  | exp-subtract(-store)-sum |
 //! | `output.rs`   | scale, exp-scale, log-softmax output, special fills |
 //! | `two_pass.rs` | the two-pass (mantissa, exponent) sum and its output |
@@ -28,6 +29,7 @@ mod max;
 mod output;
 mod row;
 mod scan;
+mod shift;
 mod two_pass;
 
 pub use pulp;

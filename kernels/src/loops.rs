@@ -31,6 +31,14 @@ pub(crate) trait Kernel<S: Simd> {
     fn init(&self, simd: S) -> Self::Acc;
     /// Consumes one vector; returns the new accumulator and the values to store (if any).
     fn step(&self, simd: S, acc: Self::Acc, x: S::f32s) -> (Self::Acc, S::f32s);
+    /// The step on the masked tail, whose first `valid` lanes are the row's and
+    /// the rest hold [`Kernel::fill`]; a kernel whose step cannot take the fill
+    /// handles the tail here.
+    #[inline(always)]
+    fn step_tail(&self, simd: S, acc: Self::Acc, x: S::f32s, valid: usize) -> (Self::Acc, S::f32s) {
+        let _ = valid;
+        self.step(simd, acc, x)
+    }
     fn merge(&self, simd: S, a: Self::Acc, b: Self::Acc) -> Self::Acc;
     /// Takes a merged accumulator into the kernel's running total.
     fn flush(&mut self, simd: S, acc: Self::Acc);
@@ -61,54 +69,72 @@ impl<'a> Io<'a> {
 #[inline(always)]
 pub(crate) fn run<S: Simd, K: Kernel<S>>(simd: S, io: Io<'_>, kernel: &mut K) {
     match io {
-        Io::Read(x) => {
-            let (body, tail) = S::as_simd_f32s(x);
-            drive(simd, kernel, ReadLanes::<S> { body, tail });
-        }
-        Io::Map(x, y) => {
-            assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
-            let (xb, xt) = S::as_simd_f32s(x);
-            let (yb, yt) = S::as_mut_simd_f32s(y);
-            drive(simd, kernel, MapLanes::<S> { xb, xt, yb, yt });
-        }
-        Io::InPlace(y) => {
-            let (yb, yt) = S::as_mut_simd_f32s(y);
-            drive(simd, kernel, InPlaceLanes::<S> { yb, yt });
-        }
+        Io::Read(x) => drive(simd, kernel, ReadLanes::<S>::new(x)),
+        Io::Map(x, y) => drive(simd, kernel, WriteLanes::<S, _>::map(x, y)),
+        Io::InPlace(y) => drive(simd, kernel, WriteLanes::<S, _>::with(Same, y)),
     }
 }
 
-/// Vector access to the full vectors and the partial tail of one pass.
+/// Vector access to one pass's row, split up front into blocks of [`UNROLL`]
+/// full vectors, the full vectors left over (fewer than UNROLL), and the
+/// partial tail. The pieces are cut once with equal lengths for input and
+/// output, so indexing inside the loop needs no bounds check.
 trait Lanes<S: Simd> {
-    fn body_len(&self) -> usize;
+    fn blocks(&self) -> usize;
+    fn load_block(&self, i: usize) -> [S::f32s; UNROLL];
+    fn store_block(&mut self, i: usize, v: [S::f32s; UNROLL]);
+    fn rest(&self) -> usize;
+    fn load_rest(&self, j: usize) -> S::f32s;
+    fn store_rest(&mut self, j: usize, v: S::f32s);
     fn tail_len(&self) -> usize;
-    fn load(&self, i: usize) -> S::f32s;
-    fn store(&mut self, i: usize, v: S::f32s);
     /// The tail's lanes; lanes past the row are 0 (the caller replaces them).
     fn load_tail(&self, simd: S) -> S::f32s;
     fn store_tail(&mut self, simd: S, v: S::f32s);
 }
 
+type Blocks<'a, S> = &'a [[<S as Simd>::f32s; UNROLL]];
+type BlocksMut<'a, S> = &'a mut [[<S as Simd>::f32s; UNROLL]];
+
 struct ReadLanes<'a, S: Simd> {
-    body: &'a [S::f32s],
+    blocks: Blocks<'a, S>,
+    rest: &'a [S::f32s],
     tail: &'a [f32],
+}
+
+impl<'a, S: Simd> ReadLanes<'a, S> {
+    #[inline(always)]
+    fn new(x: &'a [f32]) -> Self {
+        let (body, tail) = S::as_simd_f32s(x);
+        let (blocks, rest) = body.as_chunks::<UNROLL>();
+        Self { blocks, rest, tail }
+    }
 }
 
 impl<S: Simd> Lanes<S> for ReadLanes<'_, S> {
     #[inline(always)]
-    fn body_len(&self) -> usize {
-        self.body.len()
+    fn blocks(&self) -> usize {
+        self.blocks.len()
     }
+    #[inline(always)]
+    fn load_block(&self, i: usize) -> [S::f32s; UNROLL] {
+        self.blocks[i]
+    }
+    #[inline(always)]
+    fn store_block(&mut self, _: usize, _: [S::f32s; UNROLL]) {}
+    #[inline(always)]
+    fn rest(&self) -> usize {
+        self.rest.len()
+    }
+    #[inline(always)]
+    fn load_rest(&self, j: usize) -> S::f32s {
+        self.rest[j]
+    }
+    #[inline(always)]
+    fn store_rest(&mut self, _: usize, _: S::f32s) {}
     #[inline(always)]
     fn tail_len(&self) -> usize {
         self.tail.len()
     }
-    #[inline(always)]
-    fn load(&self, i: usize) -> S::f32s {
-        self.body[i]
-    }
-    #[inline(always)]
-    fn store(&mut self, _: usize, _: S::f32s) {}
     #[inline(always)]
     fn load_tail(&self, simd: S) -> S::f32s {
         simd.partial_load_f32s(self.tail)
@@ -117,86 +143,135 @@ impl<S: Simd> Lanes<S> for ReadLanes<'_, S> {
     fn store_tail(&mut self, _: S, _: S::f32s) {}
 }
 
-struct MapLanes<'a, S: Simd> {
-    xb: &'a [S::f32s],
-    xt: &'a [f32],
-    yb: &'a mut [S::f32s],
-    yt: &'a mut [f32],
+/// The output side of a writing pass; the input is `x` (out of place) or the
+/// output itself (in place).
+struct WriteLanes<'a, S: Simd, X> {
+    x: X,
+    blocks: BlocksMut<'a, S>,
+    rest: &'a mut [S::f32s],
+    tail: &'a mut [f32],
 }
 
-impl<S: Simd> Lanes<S> for MapLanes<'_, S> {
+/// In place: the pass reads what it overwrites.
+struct Same;
+
+impl<'a, S: Simd, X> WriteLanes<'a, S, X> {
     #[inline(always)]
-    fn body_len(&self) -> usize {
-        self.xb.len()
+    fn with(x: X, y: &'a mut [f32]) -> Self {
+        let (body, tail) = S::as_mut_simd_f32s(y);
+        let (blocks, rest) = body.as_chunks_mut::<UNROLL>();
+        Self {
+            x,
+            blocks,
+            rest,
+            tail,
+        }
+    }
+}
+
+impl<'a, S: Simd> WriteLanes<'a, S, ReadLanes<'a, S>> {
+    #[inline(always)]
+    fn map(x: &'a [f32], y: &'a mut [f32]) -> Self {
+        assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
+        let w = Self::with(ReadLanes::new(x), y);
+        // Equal lengths, stated where the optimiser can see them.
+        let x = ReadLanes {
+            blocks: &w.x.blocks[..w.blocks.len()],
+            rest: &w.x.rest[..w.rest.len()],
+            tail: w.x.tail,
+        };
+        Self { x, ..w }
+    }
+}
+
+/// Where a writing pass reads its block `i`, its left-over vector `j` and its tail.
+trait Source<S: Simd> {
+    fn block(&self, own: &[[S::f32s; UNROLL]], i: usize) -> [S::f32s; UNROLL];
+    fn rest(&self, own: &[S::f32s], j: usize) -> S::f32s;
+    fn tail(&self, simd: S, own: &[f32]) -> S::f32s;
+}
+
+impl<S: Simd> Source<S> for Same {
+    #[inline(always)]
+    fn block(&self, own: &[[S::f32s; UNROLL]], i: usize) -> [S::f32s; UNROLL] {
+        own[i]
+    }
+    #[inline(always)]
+    fn rest(&self, own: &[S::f32s], j: usize) -> S::f32s {
+        own[j]
+    }
+    #[inline(always)]
+    fn tail(&self, simd: S, own: &[f32]) -> S::f32s {
+        simd.partial_load_f32s(own)
+    }
+}
+
+impl<S: Simd> Source<S> for ReadLanes<'_, S> {
+    #[inline(always)]
+    fn block(&self, _: &[[S::f32s; UNROLL]], i: usize) -> [S::f32s; UNROLL] {
+        self.blocks[i]
+    }
+    #[inline(always)]
+    fn rest(&self, _: &[S::f32s], j: usize) -> S::f32s {
+        self.rest[j]
+    }
+    #[inline(always)]
+    fn tail(&self, simd: S, _: &[f32]) -> S::f32s {
+        simd.partial_load_f32s(self.tail)
+    }
+}
+
+impl<S: Simd, X: Source<S>> Lanes<S> for WriteLanes<'_, S, X> {
+    #[inline(always)]
+    fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+    #[inline(always)]
+    fn load_block(&self, i: usize) -> [S::f32s; UNROLL] {
+        self.x.block(self.blocks, i)
+    }
+    #[inline(always)]
+    fn store_block(&mut self, i: usize, v: [S::f32s; UNROLL]) {
+        self.blocks[i] = v;
+    }
+    #[inline(always)]
+    fn rest(&self) -> usize {
+        self.rest.len()
+    }
+    #[inline(always)]
+    fn load_rest(&self, j: usize) -> S::f32s {
+        self.x.rest(self.rest, j)
+    }
+    #[inline(always)]
+    fn store_rest(&mut self, j: usize, v: S::f32s) {
+        self.rest[j] = v;
     }
     #[inline(always)]
     fn tail_len(&self) -> usize {
-        self.xt.len()
-    }
-    #[inline(always)]
-    fn load(&self, i: usize) -> S::f32s {
-        self.xb[i]
-    }
-    #[inline(always)]
-    fn store(&mut self, i: usize, v: S::f32s) {
-        self.yb[i] = v;
+        self.tail.len()
     }
     #[inline(always)]
     fn load_tail(&self, simd: S) -> S::f32s {
-        simd.partial_load_f32s(self.xt)
+        self.x.tail(simd, self.tail)
     }
     #[inline(always)]
     fn store_tail(&mut self, simd: S, v: S::f32s) {
-        simd.partial_store_f32s(self.yt, v)
-    }
-}
-
-struct InPlaceLanes<'a, S: Simd> {
-    yb: &'a mut [S::f32s],
-    yt: &'a mut [f32],
-}
-
-impl<S: Simd> Lanes<S> for InPlaceLanes<'_, S> {
-    #[inline(always)]
-    fn body_len(&self) -> usize {
-        self.yb.len()
-    }
-    #[inline(always)]
-    fn tail_len(&self) -> usize {
-        self.yt.len()
-    }
-    #[inline(always)]
-    fn load(&self, i: usize) -> S::f32s {
-        self.yb[i]
-    }
-    #[inline(always)]
-    fn store(&mut self, i: usize, v: S::f32s) {
-        self.yb[i] = v;
-    }
-    #[inline(always)]
-    fn load_tail(&self, simd: S) -> S::f32s {
-        simd.partial_load_f32s(self.yt)
-    }
-    #[inline(always)]
-    fn store_tail(&mut self, simd: S, v: S::f32s) {
-        simd.partial_store_f32s(self.yt, v)
+        simd.partial_store_f32s(self.tail, v)
     }
 }
 
 #[inline(always)]
 fn drive<S: Simd, K: Kernel<S>, L: Lanes<S>>(simd: S, kernel: &mut K, mut lanes: L) {
-    let body_len = lanes.body_len();
     let init = kernel.init(simd);
     let mut acc = [init; UNROLL];
-    let steps = body_len / UNROLL;
     let mut since_flush = 0usize;
-    for s in 0..steps {
-        let base = s * UNROLL;
-        for (j, a) in acc.iter_mut().enumerate() {
-            let (next, y) = kernel.step(simd, *a, lanes.load(base + j));
-            *a = next;
-            lanes.store(base + j, y);
+    for i in 0..lanes.blocks() {
+        let x = lanes.load_block(i);
+        let mut y = x;
+        for j in 0..UNROLL {
+            (acc[j], y[j]) = kernel.step(simd, acc[j], x[j]);
         }
+        lanes.store_block(i, y);
         since_flush += 1;
         if since_flush == K::FLUSH_STEPS {
             since_flush = 0;
@@ -205,17 +280,17 @@ fn drive<S: Simd, K: Kernel<S>, L: Lanes<S>>(simd: S, kernel: &mut K, mut lanes:
             acc = [init; UNROLL];
         }
     }
-    for (j, i) in (steps * UNROLL..body_len).enumerate() {
-        let (next, y) = kernel.step(simd, acc[j], lanes.load(i));
-        acc[j] = next;
-        lanes.store(i, y);
+    for (j, a) in acc.iter_mut().enumerate().take(lanes.rest()) {
+        let (next, y) = kernel.step(simd, *a, lanes.load_rest(j));
+        *a = next;
+        lanes.store_rest(j, y);
     }
     let tail_len = lanes.tail_len();
     if tail_len > 0 {
         let valid = simd.mask_between_m32s(0, tail_len as u32).mask();
         let fill = simd.splat_f32s(kernel.fill());
         let x = simd.select_f32s(valid, lanes.load_tail(simd), fill);
-        let (next, y) = kernel.step(simd, acc[UNROLL - 1], x);
+        let (next, y) = kernel.step_tail(simd, acc[UNROLL - 1], x, tail_len);
         acc[UNROLL - 1] = next;
         lanes.store_tail(simd, y);
     }
@@ -225,9 +300,20 @@ fn drive<S: Simd, K: Kernel<S>, L: Lanes<S>>(simd: S, kernel: &mut K, mut lanes:
 
 #[inline(always)]
 fn merge_all<S: Simd, K: Kernel<S>>(simd: S, kernel: &K, acc: [K::Acc; UNROLL]) -> K::Acc {
-    let a = kernel.merge(simd, acc[0], acc[1]);
-    let b = kernel.merge(simd, acc[2], acc[3]);
-    kernel.merge(simd, a, b)
+    // Pairwise, so the merged terms form a balanced tree.
+    let mut acc = acc;
+    let mut width = UNROLL;
+    while width > 1 {
+        let half = width / 2;
+        for j in 0..half {
+            acc[j] = kernel.merge(simd, acc[j], acc[j + half]);
+        }
+        if width % 2 == 1 {
+            acc[0] = kernel.merge(simd, acc[0], acc[width - 1]);
+        }
+        width -= half;
+    }
+    acc[0]
 }
 
 /// The lanes of a vector, in order.

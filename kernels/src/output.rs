@@ -3,17 +3,19 @@
 //!
 //! ```text
 //! Scale          y = (e < floor ? 0 : e) · r                 three-pass softmax, pass 3
-//! ExpScale       y = exp((x - max) · inv_t, cutoff) · r      online softmax, output pass
-//! LogSoftmaxOut  y = (x - max) · inv_t - ln_sum              every log-softmax
+//! ExpScale       y = exp(z(x), cutoff) · r                   online softmax, output pass
+//! LogSoftmaxOut  y = z(x) - ln_sum                           every log-softmax
 //! Fill           y = value                                   NaN and fully masked rows
 //! InfShare       y = (x == +inf) ? on_inf : other            rows holding +inf
 //! ```
 //! `floor` and `cutoff` are chosen so that y is never subnormal: values whose
 //! result would fall below the smallest normal f32 are written as exactly 0.
+//! Where the row's minimum shows that no output can fall that low, the
+//! `FLUSH = false` variants skip the test. z(x) = (x - max)/t comes from a [`Shift`].
 
-use crate::exp::exp_nonpositive;
-use crate::exp_sum::shifted;
+use crate::exp::{exp_in_range, exp_nonpositive};
 use crate::loops::Kernel;
+use crate::shift::Shift;
 use pulp::Simd;
 
 /// An elementwise output pass.
@@ -43,47 +45,52 @@ impl<S: Simd, E: Elementwise<S>> Kernel<S> for Map<E> {
     fn flush(&mut self, _: S, _: ()) {}
 }
 
-pub(crate) struct Scale {
+pub(crate) struct Scale<const FLUSH: bool> {
     pub(crate) floor: f32,
     pub(crate) r: f32,
 }
 
-impl<S: Simd> Elementwise<S> for Scale {
+impl<S: Simd, const FLUSH: bool> Elementwise<S> for Scale<FLUSH> {
     #[inline(always)]
     fn apply(&self, simd: S, e: S::f32s) -> S::f32s {
-        let tiny = simd.less_than_f32s(e, simd.splat_f32s(self.floor));
-        let e = simd.select_f32s(tiny, simd.splat_f32s(0.0), e);
+        let e = if FLUSH {
+            let tiny = simd.less_than_f32s(e, simd.splat_f32s(self.floor));
+            simd.select_f32s(tiny, simd.splat_f32s(0.0), e)
+        } else {
+            e
+        };
         simd.mul_f32s(e, simd.splat_f32s(self.r))
     }
 }
 
-pub(crate) struct ExpScale {
-    pub(crate) max: f32,
-    pub(crate) inv_t: f32,
+pub(crate) struct ExpScale<Z, const FLUSH: bool> {
+    pub(crate) shift: Z,
     pub(crate) cutoff: f32,
     pub(crate) r: f32,
 }
 
-impl<S: Simd> Elementwise<S> for ExpScale {
+impl<S: Simd, Z: Shift, const FLUSH: bool> Elementwise<S> for ExpScale<Z, FLUSH> {
     #[inline(always)]
     fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
-        let z = shifted(simd, x, self.max, self.inv_t);
-        let e = exp_nonpositive(simd, z, simd.splat_f32s(self.cutoff));
+        let z = self.shift.z(simd, x);
+        let e = if FLUSH {
+            exp_nonpositive(simd, z, simd.splat_f32s(self.cutoff))
+        } else {
+            exp_in_range(simd, z)
+        };
         simd.mul_f32s(e, simd.splat_f32s(self.r))
     }
 }
 
-pub(crate) struct LogSoftmaxOut {
-    pub(crate) max: f32,
-    pub(crate) inv_t: f32,
+pub(crate) struct LogSoftmaxOut<Z> {
+    pub(crate) shift: Z,
     pub(crate) ln_sum: f32,
 }
 
-impl<S: Simd> Elementwise<S> for LogSoftmaxOut {
+impl<S: Simd, Z: Shift> Elementwise<S> for LogSoftmaxOut<Z> {
     #[inline(always)]
     fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
-        let z = shifted(simd, x, self.max, self.inv_t);
-        simd.sub_f32s(z, simd.splat_f32s(self.ln_sum))
+        simd.sub_f32s(self.shift.z(simd, x), simd.splat_f32s(self.ln_sum))
     }
 }
 

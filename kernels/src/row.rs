@@ -18,9 +18,10 @@
 use crate::exp::CUTOFF;
 use crate::exp_sum::ExpSum;
 use crate::loops::{run, Io};
-use crate::max::MaxReduce;
+use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
+use crate::shift::{with_shift, AnyShift};
 use crate::two_pass::{TwoPassOut, TwoPassSum, LIMIT};
 use crate::{Method, Output, Temperature};
 use pulp::Simd;
@@ -42,25 +43,47 @@ enum Special {
 #[derive(Clone, Copy, Debug)]
 enum Stats {
     Special(Special),
-    /// S = Σ exp((x - max)/t), as ln S.
+    /// S = Σ exp((x - max)/t), as ln S; `min` is a lower bound of the row.
     Finite {
         max: f32,
+        min: f32,
         ln_sum: f64,
     },
 }
 
+/// (max, min) of a row.
 #[inline(always)]
-fn row_max<S: Simd>(simd: S, x: &[f32]) -> f32 {
-    let mut k = MaxReduce::new();
+fn row_range<S: Simd>(simd: S, x: &[f32]) -> (f32, f32) {
+    let mut k = MinMax::new();
     run(simd, Io::Read(x), &mut k);
-    k.max
+    (k.max, k.min)
 }
 
+/// Whether some z = (x - max)/t of a row with this max and min may fall below
+/// `cutoff` (then the passes test each element). The margin covers the
+/// roundings of z; a NaN or infinite bound answers yes.
 #[inline(always)]
-fn exp_sum<S: Simd>(simd: S, io: Io<'_>, max: f32, inv_t: f32) -> f64 {
-    let mut k = ExpSum::new(max, inv_t);
-    run(simd, io, &mut k);
-    k.total
+fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
+    let z_min = (min as f64 - max as f64) * inv_t as f64;
+    let above = z_min * (1.0 + 1.0 / 1_048_576.0) >= cutoff;
+    !above
+}
+
+/// Σ exp((x - max)/t) over `io`, storing the terms if `io` writes.
+#[inline(always)]
+fn exp_sum<S: Simd>(simd: S, io: Io<'_>, max: f32, min: f32, inv_t: f32) -> f64 {
+    let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
+    with_shift!(AnyShift::new(max, min, inv_t), z => {
+        if flush {
+            let mut k = ExpSum::<_, true>::new(z);
+            run(simd, io, &mut k);
+            k.total
+        } else {
+            let mut k = ExpSum::<_, false>::new(z);
+            run(simd, io, &mut k);
+            k.total
+        }
+    })
 }
 
 /// Classifies a row whose max is not finite (or a block that is all -inf).
@@ -78,12 +101,13 @@ fn classify<S: Simd>(simd: S, x: &[f32]) -> Special {
 }
 
 #[inline(always)]
-fn finite_or_nan(max: f32, sum: f64) -> Stats {
+fn finite_or_nan(max: f32, min: f32, sum: f64) -> Stats {
     if sum.is_nan() {
         Stats::Special(Special::Nan)
     } else {
         Stats::Finite {
             max,
+            min,
             ln_sum: sum.ln(),
         }
     }
@@ -91,19 +115,21 @@ fn finite_or_nan(max: f32, sum: f64) -> Stats {
 
 #[inline(always)]
 fn three_pass_stats<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> Stats {
-    let max = row_max(simd, x);
+    let (max, min) = row_range(simd, x);
     if !max.is_finite() {
         return Stats::Special(classify(simd, x));
     }
-    finite_or_nan(max, exp_sum(simd, Io::Read(x), max, inv_t))
+    finite_or_nan(max, min, exp_sum(simd, Io::Read(x), max, min, inv_t))
 }
 
 #[inline(always)]
 fn online_stats<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> Stats {
     let mut max = f32::NEG_INFINITY;
+    let mut min = f32::INFINITY;
     let mut sum = 0.0f64;
     for block in x.chunks(ONLINE_BLOCK) {
-        let block_max = row_max(simd, block);
+        let (block_max, block_min) = row_range(simd, block);
+        min = min.min(block_min);
         if block_max == f32::INFINITY {
             return Stats::Special(classify(simd, x));
         }
@@ -118,12 +144,12 @@ fn online_stats<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> Stats {
             sum *= ((max as f64 - block_max as f64) * inv_t as f64).exp();
             max = block_max;
         }
-        sum += exp_sum(simd, Io::Read(block), max, inv_t);
+        sum += exp_sum(simd, Io::Read(block), max, block_min, inv_t);
     }
     if max == f32::NEG_INFINITY {
         return Stats::Special(Special::Masked);
     }
-    finite_or_nan(max, sum)
+    finite_or_nan(max, min, sum)
 }
 
 /// Pass 1 of two-pass: either the (S, E, max) triple for pass 2, or the row's
@@ -166,6 +192,7 @@ fn stats<S: Simd>(simd: S, method: Method, x: &[f32], inv_t: f32) -> Stats {
                 // can take it a hair below, which would make a log-probability positive.
                 Stats::Finite {
                     max: k.max,
+                    min: f32::NEG_INFINITY,
                     ln_sum: ln_sum.max(0.0),
                 }
             }
@@ -225,20 +252,23 @@ pub(crate) fn forward_row<S: Simd>(
     let inv_t = temperature.inv;
     let stats = match (output, method) {
         (Output::Softmax, Method::ThreePass) => {
-            let max = row_max(simd, x.unwrap_or(y));
+            let (max, min) = row_range(simd, x.unwrap_or(y));
             if !max.is_finite() {
                 let special = classify(simd, x.unwrap_or(y));
                 return write_special(simd, output, special, x, y);
             }
-            let sum = exp_sum(simd, Io::write(x, y), max, inv_t);
+            let sum = exp_sum(simd, Io::write(x, y), max, min, inv_t);
             if sum.is_nan() {
                 return write_special(simd, output, Special::Nan, x, y);
             }
-            let scale = Scale {
-                floor: subnormal_floor(sum),
-                r: (1.0 / sum) as f32,
+            let (floor, r) = (subnormal_floor(sum), (1.0 / sum) as f32);
+            // Every stored e ≥ floor when z ≥ ln(floor) (the 1e-5 covers exp's error).
+            let floor_z = CUTOFF as f64 + sum.ln() + FLOOR_MARGIN.ln() + 1e-5;
+            return if may_fall_below(max, min, inv_t, floor_z) {
+                run(simd, Io::InPlace(y), &mut Map(Scale::<true> { floor, r }))
+            } else {
+                run(simd, Io::InPlace(y), &mut Map(Scale::<false> { floor, r }))
             };
-            return run(simd, Io::InPlace(y), &mut Map(scale));
         }
         (Output::Softmax, Method::TwoPass) => match two_pass_sum(simd, x.unwrap_or(y), inv_t) {
             TwoPass::Exp(k) => {
@@ -251,27 +281,31 @@ pub(crate) fn forward_row<S: Simd>(
     };
     match stats {
         Stats::Special(special) => write_special(simd, output, special, x, y),
-        Stats::Finite { max, ln_sum } => match output {
-            Output::Softmax => {
-                // e^z / S is subnormal below z = ln(MIN_POSITIVE · S).
-                let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
-                let map = ExpScale {
-                    max,
-                    inv_t,
-                    cutoff,
-                    r: (-ln_sum).exp() as f32,
-                };
-                run(simd, Io::write(x, y), &mut Map(map))
+        Stats::Finite { max, min, ln_sum } => {
+            let shift = AnyShift::new(max, min, inv_t);
+            match output {
+                Output::Softmax => {
+                    // e^z / S is subnormal below z = ln(MIN_POSITIVE · S).
+                    let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
+                    let r = (-ln_sum).exp() as f32;
+                    let flush = may_fall_below(max, min, inv_t, cutoff as f64);
+                    with_shift!(shift, z => if flush {
+                        let map = ExpScale::<_, true> { shift: z, cutoff, r };
+                        run(simd, Io::write(x, y), &mut Map(map))
+                    } else {
+                        let map = ExpScale::<_, false> { shift: z, cutoff, r };
+                        run(simd, Io::write(x, y), &mut Map(map))
+                    })
+                }
+                Output::LogSoftmax => with_shift!(shift, z => {
+                    let map = LogSoftmaxOut {
+                        shift: z,
+                        ln_sum: ln_sum as f32,
+                    };
+                    run(simd, Io::write(x, y), &mut Map(map))
+                }),
             }
-            Output::LogSoftmax => {
-                let map = LogSoftmaxOut {
-                    max,
-                    inv_t,
-                    ln_sum: ln_sum as f32,
-                };
-                run(simd, Io::write(x, y), &mut Map(map))
-            }
-        },
+        }
     }
 }
 
@@ -287,6 +321,6 @@ pub(crate) fn logsumexp_row<S: Simd>(
         Stats::Special(Special::Nan) => f32::NAN,
         Stats::Special(Special::PosInf(_)) => f32::INFINITY,
         Stats::Special(Special::Masked) => f32::NEG_INFINITY,
-        Stats::Finite { max, ln_sum } => (max as f64 + temperature.t as f64 * ln_sum) as f32,
+        Stats::Finite { max, ln_sum, .. } => (max as f64 + temperature.t as f64 * ln_sum) as f32,
     }
 }
