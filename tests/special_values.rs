@@ -339,6 +339,37 @@ fn no_subnormal_outputs_near_the_cutoff() {
     check_rows("no_subnormal_outputs_near_the_cutoff", &rows);
 }
 
+/// The kernels skip their per-element underflow tests when the row's minimum
+/// shows that no exp (z ≥ exp cutoff) and no output (e^z / S ≥ 2^-126) can
+/// fall below the normal range. Rows whose minimum sits a few ulp either side
+/// of each threshold check that the choice is made on the safe side.
+#[test]
+fn rows_whose_minimum_sits_at_an_underflow_threshold() {
+    let mut rows = Vec::new();
+    for t in [1.0f32, 0.7, 3.0] {
+        for k in [1usize, 5] {
+            // exp's own cutoff, and where e^z / k crosses 2^-126.
+            let thresholds = [
+                ("exp cutoff", softmax_kernels::exp::CUTOFF as f64),
+                ("output floor", (k as f64).ln() + (f32::MIN_POSITIVE as f64).ln()),
+            ];
+            for (what, z0) in thresholds {
+                let center = (z0 * t as f64) as f32;
+                for side in [-1i64, 1] {
+                    // Entries from `center` towards 0 (side 1) or a few ulp past it.
+                    let start = center.to_bits() as i64 + side * 3;
+                    let mut x = vec![0.0f32; k];
+                    x.extend((0..300).map(|i| f32::from_bits((start - i) as u32)));
+                    x.extend((0..300).map(|i| center * (i as f32 / 300.0)));
+                    let name = format!("{k} × max 0, min near {what} ({side:+})");
+                    rows.push(row(name, x, t));
+                }
+            }
+        }
+    }
+    check_rows("rows_whose_minimum_sits_at_an_underflow_threshold", &rows);
+}
+
 /// Any finite t > 0 is valid: the smallest normal and subnormal temperatures
 /// (1/t overflows f32) and the largest (1/t is subnormal).
 #[test]
