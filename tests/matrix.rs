@@ -126,8 +126,8 @@ fn long_rows() {
     s.finish();
 }
 
-/// 2^20 elements: the f32 accumulators' flush to f64, many online blocks, sums
-/// far from 1 before scaling, and `Auto` at or past `AUTO_ONLINE_FROM_COLS`.
+/// 2^20 elements: the f32 accumulators' flush to f64, many online blocks, and
+/// sums far from 1 before scaling.
 /// The heaviest case: under qemu (aarch64) it runs on the native ISAs only, for
 /// one value range.
 #[test]

@@ -351,7 +351,10 @@ fn rows_whose_minimum_sits_at_an_underflow_threshold() {
             // exp's own cutoff, and where e^z / k crosses 2^-126.
             let thresholds = [
                 ("exp cutoff", softmax_kernels::exp::CUTOFF as f64),
-                ("output floor", (k as f64).ln() + (f32::MIN_POSITIVE as f64).ln()),
+                (
+                    "output floor",
+                    (k as f64).ln() + (f32::MIN_POSITIVE as f64).ln(),
+                ),
             ];
             for (what, z0) in thresholds {
                 let center = (z0 * t as f64) as f32;
