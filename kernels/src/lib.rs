@@ -132,12 +132,15 @@ impl<'a> Strided<'a> {
             stride,
         }
     }
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
+    #[inline]
     pub fn row(&self, i: usize) -> &'a [f32] {
         let start = i * self.stride;
         &self.data[start..start + self.cols]
@@ -172,12 +175,15 @@ impl<'a> StridedMut<'a> {
             stride,
         }
     }
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
+    #[inline]
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
         let start = i * self.stride;
         &mut self.data[start..start + self.cols]
@@ -233,7 +239,12 @@ impl WithSimd for Forward<'_> {
             );
         }
         for i in 0..y.rows {
-            let xi = x.as_ref().map(|x| x.row(i));
+            // A match, not Option::map: a closure would be compiled outside the
+            // target-feature region.
+            let xi = match &x {
+                Some(x) => Some(x.row(i)),
+                None => None,
+            };
             row::forward_row(simd, output, method, temperature, xi, y.row_mut(i));
         }
     }
