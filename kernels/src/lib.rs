@@ -241,6 +241,7 @@ impl WithSimd for Forward<'_> {
         for i in 0..y.rows {
             // A match, not Option::map: a closure would be compiled outside the
             // target-feature region.
+            #[allow(clippy::manual_map)]
             let xi = match &x {
                 Some(x) => Some(x.row(i)),
                 None => None,
