@@ -55,28 +55,24 @@ fn length_mismatch() {
     });
     // The free functions (default options) check the same.
     let mut y = sentinels(2);
-    let e = softmax::softmax(&x, &mut y).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::LengthMismatch {
-                input: 3,
-                output: 2
-            }
-        ),
-        "{e:?}"
-    );
-    let e = softmax::log_softmax(&x, &mut y).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::LengthMismatch {
-                input: 3,
-                output: 2
-            }
-        ),
-        "{e:?}"
-    );
+    type FreeFn = fn(&[f32], &mut [f32]) -> Result<(), Error>;
+    let calls: [(&str, FreeFn); 2] = [
+        ("softmax", softmax::softmax),
+        ("log_softmax", softmax::log_softmax),
+    ];
+    for (op, call) in calls {
+        let e = call(&x, &mut y).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::LengthMismatch {
+                    input: 3,
+                    output: 2
+                }
+            ),
+            "[free fn {op}] {e:?}"
+        );
+    }
     assert!(untouched(&y), "free functions wrote the output: {y:?}");
 }
 

@@ -109,6 +109,21 @@ pub(crate) fn exp_in_range<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     simd.mul_add_f32s(simd.mul_f32s(r, pow2n), q, pow2n)
 }
 
+/// [`exp_nonpositive`] when `FLUSH`; otherwise [`exp_in_range`], for a row the
+/// caller has shown holds no x below `cutoff` (the two agree bit for bit there).
+#[inline(always)]
+pub(crate) fn exp_flushed_below<S: Simd, const FLUSH: bool>(
+    simd: S,
+    x: S::f32s,
+    cutoff: f32,
+) -> S::f32s {
+    if FLUSH {
+        exp_nonpositive(simd, x, simd.splat_f32s(cutoff))
+    } else {
+        exp_in_range(simd, x)
+    }
+}
+
 /// e^r for a reduced argument: 1 + r·q(r), in about [0.7, 1.42].
 #[inline(always)]
 pub(crate) fn exp_reduced<S: Simd>(simd: S, r: S::f32s) -> S::f32s {

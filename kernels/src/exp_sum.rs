@@ -11,7 +11,7 @@
 //! Each f32 lane adds at most FLUSH_STEPS terms before the f64 total takes them,
 //! which keeps the sum within a few ULP at 2^20 elements and beyond.
 
-use crate::exp::{exp_in_range, exp_nonpositive, CUTOFF};
+use crate::exp::{exp_flushed_below, CUTOFF};
 use crate::loops::{lanes, Kernel};
 use crate::shift::Shift;
 use pulp::Simd;
@@ -47,18 +47,13 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSum<Z, FLUSH> {
     }
     #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, x: S::f32s) -> (S::f32s, S::f32s) {
-        let z = self.shift.z(simd, x);
-        let e = if FLUSH {
-            exp_nonpositive(simd, z, simd.splat_f32s(CUTOFF))
-        } else {
-            exp_in_range(simd, z)
-        };
+        let e = exp_flushed_below::<S, FLUSH>(simd, self.shift.z(simd, x), CUTOFF);
         (simd.add_f32s(acc, e), e)
     }
     #[inline(always)]
     fn step_tail(&self, simd: S, acc: S::f32s, x: S::f32s, _: usize) -> (S::f32s, S::f32s) {
         // The fill lanes (-inf) need the underflow test in either variant.
-        let e = exp_nonpositive(simd, self.shift.z(simd, x), simd.splat_f32s(CUTOFF));
+        let e = exp_flushed_below::<S, true>(simd, self.shift.z(simd, x), CUTOFF);
         (simd.add_f32s(acc, e), e)
     }
     #[inline(always)]

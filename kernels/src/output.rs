@@ -13,7 +13,7 @@
 //! Where the row's minimum shows that no output can fall that low, the
 //! `FLUSH = false` variants skip the test. z(x) = (x - max)/t comes from a [`Shift`].
 
-use crate::exp::{exp_in_range, exp_nonpositive};
+use crate::exp::exp_flushed_below;
 use crate::loops::Kernel;
 use crate::shift::Shift;
 use pulp::Simd;
@@ -72,12 +72,7 @@ pub(crate) struct ExpScale<Z, const FLUSH: bool> {
 impl<S: Simd, Z: Shift, const FLUSH: bool> Elementwise<S> for ExpScale<Z, FLUSH> {
     #[inline(always)]
     fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
-        let z = self.shift.z(simd, x);
-        let e = if FLUSH {
-            exp_nonpositive(simd, z, simd.splat_f32s(self.cutoff))
-        } else {
-            exp_in_range(simd, z)
-        };
+        let e = exp_flushed_below::<S, FLUSH>(simd, self.shift.z(simd, x), self.cutoff);
         simd.mul_f32s(e, simd.splat_f32s(self.r))
     }
 }

@@ -21,7 +21,7 @@ use crate::loops::{run, Io};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
-use crate::shift::{with_shift, AnyShift};
+use crate::shift::{with_shift, AnyShift, Shift};
 use crate::two_pass::{TwoPassOut, TwoPassSum, LIMIT};
 use crate::{Method, Output, Temperature};
 use pulp::Simd;
@@ -80,17 +80,18 @@ fn ln_upper_bound(s: f64) -> f64 {
 #[inline(always)]
 fn exp_sum<S: Simd>(simd: S, io: Io<'_>, max: f32, min: f32, inv_t: f32) -> f64 {
     let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
-    with_shift!(AnyShift::new(max, min, inv_t), z => {
-        if flush {
-            let mut k = ExpSum::<_, true>::new(z);
-            run(simd, io, &mut k);
-            k.total
-        } else {
-            let mut k = ExpSum::<_, false>::new(z);
-            run(simd, io, &mut k);
-            k.total
-        }
+    with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
+        exp_sum_with::<S, _, true>(simd, io, z)
+    } else {
+        exp_sum_with::<S, _, false>(simd, io, z)
     })
+}
+
+#[inline(always)]
+fn exp_sum_with<S: Simd, Z: Shift, const FLUSH: bool>(simd: S, io: Io<'_>, z: Z) -> f64 {
+    let mut k = ExpSum::<Z, FLUSH>::new(z);
+    run(simd, io, &mut k);
+    k.total
 }
 
 /// Classifies a row whose max is not finite (or a block that is all -inf).
