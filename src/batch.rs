@@ -5,6 +5,7 @@ use crate::dispatch;
 use crate::Isa;
 use rayon::ThreadPool;
 use softmax_kernels::{Forward, LogSumExp};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Below this many elements in a batch, rows run on the calling thread.
@@ -26,13 +27,13 @@ pub enum Parallelism {
 }
 
 /// A kernel job that can be cut between rows.
-pub(crate) trait Job: Sized + Send {
+pub(crate) trait Batch: Sized + Send {
     fn rows(&self) -> usize;
     fn split_at(self, k: usize) -> (Self, Self);
     fn run(self, isa: Isa);
 }
 
-impl Job for Forward<'_> {
+impl Batch for Forward<'_> {
     fn rows(&self) -> usize {
         self.y.rows()
     }
@@ -45,31 +46,51 @@ impl Job for Forward<'_> {
             None => (None, None),
         };
         let (ya, yb) = self.y.split_at(k);
-        let half = |x, y| Forward { x, y, ..self };
+        let half = |x, y| Forward {
+            x,
+            y,
+            scratch: &mut [],
+            ..self
+        };
         (half(xa, ya), half(xb, yb))
     }
     fn run(self, isa: Isa) {
-        dispatch::run(isa, self)
+        match self.scratch_len() {
+            0 => dispatch::run(isa, self),
+            len => with_scratch(len, |scratch| {
+                dispatch::run(isa, Forward { scratch, ..self })
+            }),
+        }
     }
 }
 
-impl Job for LogSumExp<'_> {
+impl Batch for LogSumExp<'_> {
     fn rows(&self) -> usize {
         self.x.rows()
     }
     fn split_at(self, k: usize) -> (Self, Self) {
         let (xa, xb) = self.x.split_at(k);
-        let (oa, ob) = self.out.split_at_mut(xa.rows());
-        let half = |x, out| LogSumExp { x, out, ..self };
+        let (oa, ob) = self.out.split_at(xa.rows());
+        let half = |x, out| LogSumExp {
+            x,
+            out,
+            scratch: &mut [],
+            ..self
+        };
         (half(xa, oa), half(xb, ob))
     }
     fn run(self, isa: Isa) {
-        dispatch::run(isa, self)
+        match self.scratch_len() {
+            0 => dispatch::run(isa, self),
+            len => with_scratch(len, |scratch| {
+                dispatch::run(isa, LogSumExp { scratch, ..self })
+            }),
+        }
     }
 }
 
 /// Runs `job` (rows of `cols` elements) as `parallelism` says.
-pub(crate) fn run<J: Job>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) {
+pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) {
     let rows = job.rows();
     let elements = rows.saturating_mul(cols.max(1));
     let pool = match parallelism {
@@ -85,7 +106,7 @@ pub(crate) fn run<J: Job>(job: J, cols: usize, isa: Isa, parallelism: &Paralleli
     }
 }
 
-fn split<J: Job>(job: J, rows_per_task: usize, isa: Isa) {
+fn split<J: Batch>(job: J, rows_per_task: usize, isa: Isa) {
     let rows = job.rows();
     if rows <= rows_per_task {
         return job.run(isa);
@@ -95,4 +116,29 @@ fn split<J: Job>(job: J, rows_per_task: usize, isa: Isa) {
         || split(a, rows_per_task, isa),
         || split(b, rows_per_task, isa),
     );
+}
+
+/// Scratch rows up to this many f32 values stay allocated per thread between
+/// calls; longer ones are allocated for the call and freed after it.
+const KEEP_SCRATCH_UP_TO: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `len` f32 values of working space.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len > KEEP_SCRATCH_UP_TO {
+        return f(&mut vec![0.0; len]);
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            if kept.len() < len {
+                kept.resize(len, 0.0);
+            }
+            f(&mut kept[..len])
+        }
+        // Taken further up this thread's stack (a job run from inside another).
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }

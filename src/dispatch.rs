@@ -1,49 +1,70 @@
-//! The one place an ISA becomes a pulp token and a kernel job enters its
+//! The one place an ISA becomes a kernel token and a job enters its
 //! target-feature region. Called once per call or per rayon chunk, never per row.
 
 use crate::Isa;
-use pulp::{Simd, WithSimd};
+use softmax_kernels::arch::Portable;
+use softmax_kernels::Job;
 
 /// Runs `job` with the token for `isa`, which the caller has checked is available.
 #[inline]
-pub(crate) fn run<Job: WithSimd>(isa: Isa, job: Job) -> Job::Output {
+pub(crate) fn run<J: Job>(isa: Isa, job: J) -> J::Output {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            if let Some(simd) = pulp::x86::V4::try_new() {
-                return Simd::vectorize(simd, job);
+            if let Some(arch) = softmax_kernels::arch::Avx512::try_new() {
+                // SAFETY: the token proves the CPU has the region's features.
+                return unsafe { regions::avx512(job, arch) };
             }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            if let Some(simd) = pulp::x86::V3::try_new() {
-                return Simd::vectorize(simd, job);
+            if let Some(arch) = softmax_kernels::arch::Avx2::try_new() {
+                // SAFETY: the token proves the CPU has the region's features.
+                return unsafe { regions::avx2(job, arch) };
             }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
-            if let Some(simd) = pulp::aarch64::Neon::try_new() {
-                return Simd::vectorize(simd, job);
+            if let Some(arch) = softmax_kernels::arch::Neon::try_new() {
+                // SAFETY: the token proves the CPU has the region's features.
+                return unsafe { regions::neon(job, arch) };
             }
         }
         _ => {}
     }
     debug_assert_eq!(isa, Isa::Scalar, "{isa} was validated as available");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has FMA (checked just above).
-        return unsafe { scalar_with_fma(job) };
-    }
-    Simd::vectorize(pulp::Scalar::new(), job)
+    job.run(Portable(pulp::Scalar::new()))
 }
 
-/// The scalar token, compiled where `f32::mul_add` is one instruction instead of
-/// a call into libm's software fma: the same arithmetic (a fused multiply-add is
-/// exactly rounded either way), several times faster.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn scalar_with_fma<Job: WithSimd>(job: Job) -> Job::Output {
-    // `with_simd` directly: pulp's scalar `vectorize` is an out-of-line function
-    // compiled without FMA, and would hide the feature from the kernel.
-    job.with_simd(pulp::Scalar::new())
+/// The target-feature regions: each runs a whole job with the ISA's features
+/// enabled. The loops themselves run in the token's per-pass regions
+/// (`Arch::region`); the row logic around them runs here. The feature lists
+/// are pulp's for the token, plus F16C (part of x86-64-v3, not of pulp's `V3`).
+mod regions {
+    use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    #[target_feature(
+        enable = "sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt,f16c"
+    )]
+    pub(super) unsafe fn avx2<J: Job>(job: J, arch: softmax_kernels::arch::Avx2) -> J::Output {
+        job.run(arch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    #[target_feature(
+        enable = "sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt,f16c,avx512f,avx512bw,avx512cd,avx512dq,avx512vl"
+    )]
+    pub(super) unsafe fn avx512<J: Job>(job: J, arch: softmax_kernels::arch::Avx512) -> J::Output {
+        job.run(arch)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(never)]
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn neon<J: Job>(job: J, arch: softmax_kernels::arch::Neon) -> J::Output {
+        job.run(arch)
+    }
 }

@@ -1,26 +1,39 @@
-//! Element types the API accepts. Arithmetic is always f32; the trait is the
-//! seam through which narrower storage types (f16, bf16) enter.
+//! Element types the API accepts: f32, and the half-precision `half::f16` and
+//! `half::bf16`. Arithmetic is always f32: half-precision rows are widened as
+//! they are loaded and rounded to nearest even as they are stored.
+
+use half::{bf16, f16};
+use softmax_kernels::{AnySlice, AnySliceMut};
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
 }
 
-/// A storage type for logits and probabilities.
+/// A storage type for logits and probabilities: `f32`, `half::f16` or `half::bf16`.
+/// Inputs and outputs may differ (for example f16 logits into f32 probabilities).
 pub trait Element: sealed::Sealed + Copy + Send + Sync + 'static {
     #[doc(hidden)]
-    fn as_f32(x: &[Self]) -> &[f32];
+    fn any(x: &[Self]) -> AnySlice<'_>;
     #[doc(hidden)]
-    fn as_f32_mut(x: &mut [Self]) -> &mut [f32];
+    fn any_mut(x: &mut [Self]) -> AnySliceMut<'_>;
 }
 
-impl Element for f32 {
-    #[inline]
-    fn as_f32(x: &[f32]) -> &[f32] {
-        x
-    }
-    #[inline]
-    fn as_f32_mut(x: &mut [f32]) -> &mut [f32] {
-        x
-    }
+macro_rules! element {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            #[inline]
+            fn any(x: &[$t]) -> AnySlice<'_> {
+                x.into()
+            }
+            #[inline]
+            fn any_mut(x: &mut [$t]) -> AnySliceMut<'_> {
+                x.into()
+            }
+        }
+    )*};
 }
+
+element!(f32, f16, bf16);

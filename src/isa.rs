@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable scalar code: the reference every SIMD path is tested against.
     Scalar,
-    /// x86-64-v3: AVX2 + FMA (8 f32 lanes).
+    /// x86-64-v3: AVX2 + FMA + F16C (8 f32 lanes).
     Avx2,
     /// x86-64-v4: AVX-512 F/BW/CD/DQ/VL (16 f32 lanes).
     Avx512,
@@ -41,11 +41,11 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => pulp::x86::V3::try_new().is_some(),
+            Isa::Avx2 => softmax_kernels::arch::Avx2::try_new().is_some(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => pulp::x86::V4::try_new().is_some(),
+            Isa::Avx512 => softmax_kernels::arch::Avx512::try_new().is_some(),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => pulp::aarch64::Neon::try_new().is_some(),
+            Isa::Neon => softmax_kernels::arch::Neon::try_new().is_some(),
             #[allow(unreachable_patterns)]
             _ => false,
         }

@@ -8,6 +8,9 @@ mod isa;
 mod options;
 mod rows;
 
+/// The `half` crate, whose `f16` and `bf16` are the half-precision [`Element`]s.
+pub use half;
+
 pub use batch::{Parallelism, PARALLEL_MIN_ELEMENTS, TASK_MIN_ELEMENTS};
 pub use element::Element;
 pub use error::Error;

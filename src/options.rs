@@ -3,7 +3,9 @@
 use crate::batch::{self, Parallelism};
 use crate::{Element, Error, Isa, Rows, RowsMut};
 use rayon::ThreadPool;
-use softmax_kernels::{Forward, LogSumExp, Method, Output, Strided, StridedMut, Temperature};
+use softmax_kernels::{
+    AnySliceMut, Forward, LogSumExp, Method, Output, Strided, StridedMut, Temperature,
+};
 use std::sync::Arc;
 
 /// How each row's maximum and sum are computed. All give results within the
@@ -18,7 +20,10 @@ pub enum Algorithm {
     ThreePass,
     /// Dukhan & Ablavatski (2020): exponentials as (mantissa, exponent) pairs so the
     /// sum needs no max; a second pass recomputes and normalises (2 reads + 1 write).
-    /// Rows with |x/t| ≥ 2^21 are computed with `Online` instead.
+    /// Rows with |x/t| ≥ 2^21 are computed with `Online` instead, and so are
+    /// log-softmax and logsumexp (the same two reads, and an ln S that is exact
+    /// near 0, where two-pass's would cost log-softmax outputs close to 0 their
+    /// relative accuracy).
     TwoPass,
     /// Milakov & Gimelshein (2018): running max and rescaled running sum in one
     /// read (updated per L1-sized block), then one output pass.
@@ -140,6 +145,7 @@ impl Softmax {
             temperature: self.temperature,
             x,
             y,
+            scratch: &mut [],
         };
         batch::run(job, cols, self.isa, &self.parallelism);
     }
@@ -157,15 +163,15 @@ impl Softmax {
             });
         }
         let n = x.len();
-        let x = Strided::new(I::as_f32(x), 1, n, n);
-        let y = StridedMut::new(O::as_f32_mut(y), 1, n, n);
+        let x = Strided::new(I::any(x), 1, n, n);
+        let y = StridedMut::new(O::any_mut(y), 1, n, n);
         self.forward(output, Some(x), y);
         Ok(())
     }
 
     fn forward_row_in_place<T: Element>(&self, output: Output, x: &mut [T]) -> Result<(), Error> {
         let n = x.len();
-        self.forward(output, None, StridedMut::new(T::as_f32_mut(x), 1, n, n));
+        self.forward(output, None, StridedMut::new(T::any_mut(x), 1, n, n));
         Ok(())
     }
 
@@ -212,8 +218,9 @@ impl Softmax {
         let job = LogSumExp {
             method: self.algorithm.method(n),
             temperature: self.temperature,
-            x: Strided::new(T::as_f32(x), 1, n, n),
-            out: &mut out,
+            x: Strided::new(T::any(x), 1, n, n),
+            out: AnySliceMut::F32(&mut out),
+            scratch: &mut [],
         };
         batch::run(job, n, self.isa, &Parallelism::Serial);
         Ok(out[0])
@@ -249,8 +256,13 @@ impl Softmax {
         Ok(())
     }
 
-    /// Logsumexp of each row into `out[row]` (`out` needs at least one value per row).
-    pub fn logsumexp_rows<T: Element>(&self, x: Rows<'_, T>, out: &mut [f32]) -> Result<(), Error> {
+    /// Logsumexp of each row into `out[row]` (`out` needs at least one value per row),
+    /// rounded to `out`'s element type.
+    pub fn logsumexp_rows<T: Element, O: Element>(
+        &self,
+        x: Rows<'_, T>,
+        out: &mut [O],
+    ) -> Result<(), Error> {
         if out.len() < x.rows {
             return Err(Error::OutputTooShort {
                 len: out.len(),
@@ -262,7 +274,8 @@ impl Softmax {
             method: self.algorithm.method(cols),
             temperature: self.temperature,
             x: x.kernel_view(),
-            out: &mut out[..x.rows],
+            out: O::any_mut(&mut out[..x.rows]),
+            scratch: &mut [],
         };
         batch::run(job, cols, self.isa, &self.parallelism);
         Ok(())

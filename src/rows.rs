@@ -68,7 +68,7 @@ impl<'a, T: Element> Rows<'a, T> {
     }
 
     pub(crate) fn kernel_view(&self) -> softmax_kernels::Strided<'a> {
-        softmax_kernels::Strided::new(T::as_f32(self.data), self.rows, self.cols, self.stride)
+        softmax_kernels::Strided::new(T::any(self.data), self.rows, self.cols, self.stride)
     }
 }
 
@@ -111,11 +111,6 @@ impl<'a, T: Element> RowsMut<'a, T> {
     }
 
     pub(crate) fn into_kernel_view(self) -> softmax_kernels::StridedMut<'a> {
-        softmax_kernels::StridedMut::new(
-            T::as_f32_mut(self.data),
-            self.rows,
-            self.cols,
-            self.stride,
-        )
+        softmax_kernels::StridedMut::new(T::any_mut(self.data), self.rows, self.cols, self.stride)
     }
 }

@@ -132,7 +132,8 @@ fn auto_switches_to_online_at_the_documented_length() {
 /// crate are the same code: bitwise equal.
 #[test]
 fn scalar_isa_is_the_generic_body_on_the_scalar_token() {
-    use softmax_kernels::{Forward, Method, Output, Strided, StridedMut, Temperature};
+    use softmax_kernels::arch::Portable;
+    use softmax_kernels::{Forward, Job, Method, Output, Strided, StridedMut, Temperature};
     let x = Values::Uniform10.generate(&mut Rng::new(41), 777, 1.0);
     for (algorithm, method) in [
         (Algorithm::ThreePass, Method::ThreePass),
@@ -147,16 +148,15 @@ fn scalar_isa_is_the_generic_body_on_the_scalar_token() {
         sm.softmax(&x, &mut public).unwrap();
         let mut kernel = vec![0.0f32; x.len()];
         let n = x.len();
-        pulp::Simd::vectorize(
-            pulp::Scalar::new(),
-            Forward {
-                output: Output::Softmax,
-                method,
-                temperature: Temperature::new(1.0),
-                x: Some(Strided::new(&x, 1, n, n)),
-                y: StridedMut::new(&mut kernel, 1, n, n),
-            },
-        );
+        Forward {
+            output: Output::Softmax,
+            method,
+            temperature: Temperature::new(1.0),
+            x: Some(Strided::new(&x[..], 1, n, n)),
+            y: StridedMut::new(&mut kernel[..], 1, n, n),
+            scratch: &mut [],
+        }
+        .run(Portable(pulp::Scalar::new()));
         assert_eq!(bits(&public), bits(&kernel), "{}", algorithm.name());
     }
 }

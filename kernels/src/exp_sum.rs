@@ -10,6 +10,9 @@
 //! per-element underflow test is skipped (the masked tail still takes it).
 //! Each f32 lane adds at most FLUSH_STEPS terms before the f64 total takes them,
 //! which keeps the sum within a few ULP at 2^20 elements and beyond.
+//!
+//! `ExpSumBelowMax` is the same sum without the maxima (z = 0), which it counts
+//! instead: for rows whose max dominates, where S - 1 must keep its own bits.
 
 use crate::exp::{exp_flushed_below, CUTOFF};
 use crate::loops::{lanes, Kernel};
@@ -63,5 +66,66 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSum<Z, FLUSH> {
     #[inline(always)]
     fn flush(&mut self, _: S, acc: S::f32s) {
         self.total += sum_lanes_f64::<S>(&acc);
+    }
+}
+
+/// Σ exp(z) over the entries below the max, and the count of entries at it.
+pub(crate) struct ExpSumBelowMax<Z, const FLUSH: bool> {
+    shift: Z,
+    pub(crate) total: f64,
+    pub(crate) maxima: f64,
+}
+
+impl<Z: Shift, const FLUSH: bool> ExpSumBelowMax<Z, FLUSH> {
+    pub(crate) fn new(shift: Z) -> Self {
+        Self {
+            shift,
+            total: 0.0,
+            maxima: 0.0,
+        }
+    }
+}
+
+impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSumBelowMax<Z, FLUSH> {
+    /// (sum, count of maxima)
+    type Acc = (S::f32s, S::f32s);
+    const FLUSH_STEPS: usize = 8;
+
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        f32::NEG_INFINITY
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> Self::Acc {
+        (simd.splat_f32s(0.0), simd.splat_f32s(0.0))
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, (sum, count): Self::Acc, x: S::f32s) -> (Self::Acc, S::f32s) {
+        let z = self.shift.z(simd, x);
+        let e = exp_flushed_below::<S, FLUSH>(simd, z, CUTOFF);
+        let zero = simd.splat_f32s(0.0);
+        let at_max = simd.equal_f32s(z, zero);
+        let sum = simd.add_f32s(sum, simd.select_f32s(at_max, zero, e));
+        let one = simd.select_f32s(at_max, simd.splat_f32s(1.0), zero);
+        ((sum, simd.add_f32s(count, one)), x)
+    }
+    #[inline(always)]
+    fn step_tail(&self, simd: S, acc: Self::Acc, x: S::f32s, _: usize) -> (Self::Acc, S::f32s) {
+        // The fill lanes (-inf) need the underflow test in either variant.
+        ExpSumBelowMax::<Z, true> {
+            shift: self.shift,
+            total: 0.0,
+            maxima: 0.0,
+        }
+        .step(simd, acc, x)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: Self::Acc, b: Self::Acc) -> Self::Acc {
+        (simd.add_f32s(a.0, b.0), simd.add_f32s(a.1, b.1))
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, (sum, count): Self::Acc) {
+        self.total += sum_lanes_f64::<S>(&sum);
+        self.maxima += sum_lanes_f64::<S>(&count);
     }
 }

@@ -3,14 +3,17 @@
 //! Every pass is one generic body written against [`pulp::Simd`] and run
 //! through one loop shape ([`loops`]); the same code runs on AVX-512, AVX2+FMA,
 //! NEON, pulp's scalar token (the reference path) and pulp's emulated wide
-//! scalar tokens (so 16-lane logic is tested on any CPU). Kernels know nothing
-//! of threads, errors or element types other than f32 lanes: the `softmax`
-//! crate validates shapes and chooses the ISA, then hands a [`Forward`] or
-//! [`LogSumExp`] job to `Simd::vectorize`, which runs every row of the job
-//! inside the target-feature region.
+//! scalar tokens (so 16-lane logic is tested on any CPU). Rows are f32, f16 or
+//! bf16 in memory; the loop widens them on load and rounds on store, so every
+//! kernel computes in f32 lanes. Kernels know nothing of threads or errors: the
+//! `softmax` crate validates shapes and chooses the ISA, then runs a
+//! [`Forward`] or [`LogSumExp`] [`Job`] with that ISA's [`arch::Arch`] token
+//! inside one target-feature region for every row of the job.
 //!
 //! | file          | pass |
 //! |---------------|------|
+//! | `arch.rs`     | ISA tokens with f16/bf16 conversions (the only `unsafe`) |
+//! | `storage.rs`  | f32/f16/bf16 rows as f32 vectors |
 //! | `exp.rs`      | the vector exp and its constants |
 //! | `max.rs`      | max- and min-reduce |
 //! | `shift.rs`    | z = (x - max)/t, three ways |
@@ -20,8 +23,9 @@
 //! | `scan.rs`     | NaN / +inf counting for special rows |
 //! | `row.rs`      | the three algorithms and the special-value rules |
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod arch;
 pub mod exp;
 mod exp_sum;
 pub mod loops;
@@ -30,12 +34,16 @@ mod output;
 mod row;
 mod scan;
 mod shift;
+mod storage;
 mod two_pass;
 
+pub use half;
 pub use pulp;
 pub use row::ONLINE_BLOCK;
+pub use storage::{AnySlice, AnySliceMut, Kind, Storage};
 
-use pulp::{Simd, WithSimd};
+use arch::Arch;
+pub use loops::{Stage, CHUNK};
 
 /// How a row's maximum and sum are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,10 +105,16 @@ pub fn required_len(rows: usize, cols: usize, stride: usize) -> Option<usize> {
     }
 }
 
+/// A job that runs rows with one ISA token, inside that ISA's target-feature region.
+pub trait Job {
+    type Output;
+    fn run<A: Arch>(self, arch: A) -> Self::Output;
+}
+
 /// Read-only strided rows.
 #[derive(Clone, Copy, Debug)]
 pub struct Strided<'a> {
-    data: &'a [f32],
+    data: AnySlice<'a>,
     rows: usize,
     cols: usize,
     stride: usize,
@@ -109,7 +123,7 @@ pub struct Strided<'a> {
 /// Writable strided rows.
 #[derive(Debug)]
 pub struct StridedMut<'a> {
-    data: &'a mut [f32],
+    data: AnySliceMut<'a>,
     rows: usize,
     cols: usize,
     stride: usize,
@@ -123,7 +137,8 @@ fn check_shape(len: usize, rows: usize, cols: usize, stride: usize) {
 
 impl<'a> Strided<'a> {
     /// Panics unless the shape fits `data` (the `softmax` crate checks first).
-    pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+    pub fn new(data: impl Into<AnySlice<'a>>, rows: usize, cols: usize, stride: usize) -> Self {
+        let data = data.into();
         check_shape(data.len(), rows, cols, stride);
         Self {
             data,
@@ -141,9 +156,13 @@ impl<'a> Strided<'a> {
         self.cols
     }
     #[inline]
-    pub fn row(&self, i: usize) -> &'a [f32] {
+    pub fn kind(&self) -> Kind {
+        self.data.kind()
+    }
+    #[inline]
+    pub fn row(&self, i: usize) -> AnySlice<'a> {
         let start = i * self.stride;
-        &self.data[start..start + self.cols]
+        self.data.slice(start..start + self.cols)
     }
     /// The first `k` rows and the rest.
     pub fn split_at(self, k: usize) -> (Self, Self) {
@@ -166,7 +185,8 @@ impl<'a> Strided<'a> {
 
 impl<'a> StridedMut<'a> {
     /// Panics unless the shape fits `data` (the `softmax` crate checks first).
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
+    pub fn new(data: impl Into<AnySliceMut<'a>>, rows: usize, cols: usize, stride: usize) -> Self {
+        let data = data.into();
         check_shape(data.len(), rows, cols, stride);
         Self {
             data,
@@ -184,15 +204,19 @@ impl<'a> StridedMut<'a> {
         self.cols
     }
     #[inline]
-    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+    pub fn kind(&self) -> Kind {
+        self.data.kind()
+    }
+    #[inline]
+    pub fn row_mut(&mut self, i: usize) -> AnySliceMut<'_> {
         let start = i * self.stride;
-        &mut self.data[start..start + self.cols]
+        self.data.reborrow().into_slice(start..start + self.cols)
     }
     /// The first `k` rows and the rest.
     pub fn split_at(self, k: usize) -> (Self, Self) {
         let k = k.min(self.rows);
         let at = (k * self.stride).min(self.data.len());
-        let (a, b) = self.data.split_at_mut(at);
+        let (a, b) = self.data.split_at(at);
         let (rows, cols, stride) = (self.rows, self.cols, self.stride);
         (
             Self {
@@ -218,19 +242,47 @@ pub struct Forward<'a> {
     pub temperature: Temperature,
     pub x: Option<Strided<'a>>,
     pub y: StridedMut<'a>,
+    /// At least [`Forward::scratch_len`] f32 values of working space.
+    pub scratch: &'a mut [f32],
 }
 
-impl WithSimd for Forward<'_> {
+impl Forward<'_> {
+    /// The working space the job needs: a [`Stage`] when a row is f16 or bf16,
+    /// and a row of f32 exponentials for a three-pass softmax whose output is
+    /// not f32; nothing for f32 rows.
+    pub fn scratch_len(&self) -> usize {
+        let x_f32 = match &self.x {
+            Some(x) => x.kind() == Kind::F32,
+            None => true,
+        };
+        let stage = if x_f32 && self.y.kind() == Kind::F32 {
+            0
+        } else {
+            Stage::LEN
+        };
+        let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
+        let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
+            self.y.cols()
+        } else {
+            0
+        };
+        stage + exps
+    }
+}
+
+impl Job for Forward<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
+    fn run<A: Arch>(self, arch: A) {
+        let need = self.scratch_len();
         let Forward {
             output,
             method,
             temperature,
             x,
             mut y,
+            scratch,
         } = self;
         if let Some(x) = &x {
             assert!(
@@ -238,6 +290,8 @@ impl WithSimd for Forward<'_> {
                 "input and output shapes differ"
             );
         }
+        let (stage, exps) = scratch[..need].split_at_mut(need.min(Stage::LEN));
+        let mut stage = Stage::new(stage);
         for i in 0..y.rows {
             // A match, not Option::map: a closure would be compiled outside the
             // target-feature region.
@@ -246,27 +300,44 @@ impl WithSimd for Forward<'_> {
                 Some(x) => Some(x.row(i)),
                 None => None,
             };
-            row::forward_row(simd, output, method, temperature, xi, y.row_mut(i));
+            let (st, yi) = (&mut stage, y.row_mut(i));
+            row::forward_row(arch, st, output, method, temperature, xi, yi, exps);
         }
     }
 }
 
-/// t · ln Σ exp(x/t) of each row into `out[i]`.
+/// t · ln Σ exp(x/t) of each row into `out[i]`, rounded to `out`'s type.
 pub struct LogSumExp<'a> {
     pub method: Method,
     pub temperature: Temperature,
     pub x: Strided<'a>,
-    pub out: &'a mut [f32],
+    pub out: AnySliceMut<'a>,
+    /// At least [`LogSumExp::scratch_len`] f32 values of working space.
+    pub scratch: &'a mut [f32],
 }
 
-impl WithSimd for LogSumExp<'_> {
+impl LogSumExp<'_> {
+    /// A [`Stage`] when the rows are f16 or bf16, else nothing.
+    pub fn scratch_len(&self) -> usize {
+        match self.x.kind() {
+            Kind::F32 => 0,
+            _ => Stage::LEN,
+        }
+    }
+}
+
+impl Job for LogSumExp<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
+    fn run<A: Arch>(mut self, arch: A) {
         assert!(self.out.len() >= self.x.rows, "one output per row");
-        for (i, out) in self.out[..self.x.rows].iter_mut().enumerate() {
-            *out = row::logsumexp_row(simd, self.method, self.temperature, self.x.row(i));
+        let need = self.scratch_len();
+        let mut stage = Stage::new(&mut self.scratch[..need]);
+        for i in 0..self.x.rows {
+            let (method, t, xi) = (self.method, self.temperature, self.x.row(i));
+            let value = row::logsumexp_row(arch, &mut stage, method, t, xi);
+            self.out.set(i, value);
         }
     }
 }

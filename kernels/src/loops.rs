@@ -9,11 +9,21 @@
 //! ```
 //!
 //! A kernel that produces values has them stored by the same loop (out of place
-//! or in place); a reduction over a read-only row stores nothing. Tails never
-//! read or write outside the caller's slice: pulp's partial loads and stores
-//! touch only the lanes that exist, and the missing lanes are replaced by the
-//! kernel's fill value before the kernel sees them (a zero fill is wrong for max).
+//! or in place); a reduction over a read-only row stores nothing. Each pass
+//! runs in its own out-of-line function with the ISA's target features
+//! ([`Arch::region`]), so a loop is compiled once per kernel, not once per
+//! place that runs it.
+//!
+//! Rows are f32, f16 or bf16, and kernels see only f32 vectors: a
+//! half-precision row is widened a chunk at a time into an L1-resident f32
+//! stage, and results are rounded back to nearest even (see [`run`] and
+//! [`crate::storage`]). Tails never read or write outside the caller's slice:
+//! partial loads and stores touch only the lanes that exist, and the missing
+//! lanes are replaced by the kernel's fill value before the kernel sees them
+//! (a zero fill is wrong for max).
 
+use crate::arch::{Arch, Body, F32s};
+use crate::storage::{AnySlice, AnySliceMut, Kind, Storage};
 use pulp::Simd;
 
 /// Independent accumulators (and vectors in flight) per step.
@@ -47,17 +57,17 @@ pub(crate) trait Kernel<S: Simd> {
 /// Where a pass reads and writes.
 pub(crate) enum Io<'a> {
     /// Reads the row, writes nothing.
-    Read(&'a [f32]),
+    Read(AnySlice<'a>),
     /// Reads the first row, writes the second (same length).
-    Map(&'a [f32], &'a mut [f32]),
+    Map(AnySlice<'a>, AnySliceMut<'a>),
     /// Reads and overwrites the row.
-    InPlace(&'a mut [f32]),
+    InPlace(AnySliceMut<'a>),
 }
 
 impl<'a> Io<'a> {
     /// Out of place when `x` is given, else in place on `y`.
     #[inline(always)]
-    pub(crate) fn write(x: Option<&'a [f32]>, y: &'a mut [f32]) -> Self {
+    pub(crate) fn write(x: Option<AnySlice<'a>>, y: AnySliceMut<'a>) -> Self {
         match x {
             Some(x) => Io::Map(x, y),
             None => Io::InPlace(y),
@@ -65,213 +75,440 @@ impl<'a> Io<'a> {
     }
 }
 
-/// Runs `kernel` over the row in `io`.
-#[inline(always)]
-pub(crate) fn run<S: Simd, K: Kernel<S>>(simd: S, io: Io<'_>, kernel: &mut K) {
-    match io {
-        Io::Read(x) => drive(simd, kernel, ReadLanes::<S>::new(x)),
-        Io::Map(x, y) => drive(simd, kernel, WriteLanes::<S, _>::map(x, y)),
-        Io::InPlace(y) => drive(simd, kernel, WriteLanes::<S, _>::with(Same, y)),
+/// Elements converted per chunk when a row is f16 or bf16: the pass runs on
+/// f32 copies of one chunk at a time, which stay in L1. A multiple of every
+/// ISA's block (UNROLL vectors) times FLUSH_STEPS, so chunked passes add in the
+/// same order as unchunked ones and give the same bits.
+pub const CHUNK: usize = 2048;
+
+/// Working space for passes over f16/bf16 rows: one chunk of input and one of
+/// output, as f32. Empty when every row is f32.
+pub struct Stage<'a> {
+    x: &'a mut [f32],
+    y: &'a mut [f32],
+}
+
+impl<'a> Stage<'a> {
+    /// f32 values a stage needs: `2 * CHUNK`.
+    pub const LEN: usize = 2 * CHUNK;
+
+    /// Cuts the stage from `space`, which holds [`Stage::LEN`] values or none.
+    #[inline(always)]
+    pub fn new(space: &'a mut [f32]) -> Self {
+        let (x, y) = space.split_at_mut(space.len() / 2);
+        Self { x, y }
     }
 }
 
-/// Vector access to one pass's row, split up front into blocks of [`UNROLL`]
-/// full vectors, the full vectors left over (fewer than UNROLL), and the
-/// partial tail. The pieces are cut once with equal lengths for input and
-/// output, so indexing inside the loop needs no bounds check.
-trait Lanes<S: Simd> {
+/// Runs `kernel` over the row in `io`. f32 rows are read and written in place
+/// in one go; an f16 or bf16 side goes through the stage a chunk at a time
+/// (widened on the way in, rounded to nearest even on the way out), so every
+/// pass has one loop body, compiled once, for every element type.
+#[inline(always)]
+pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    io: Io<'_>,
+    stage: &mut Stage<'_>,
+    kernel: &mut K,
+) {
+    match io {
+        Io::Read(x) => {
+            for (start, end) in chunks(x.len(), x.kind() == Kind::F32) {
+                let xin = staged_input(arch, x.slice(start..end), stage.x);
+                in_region(arch, kernel, ReadOnly(Vectors::<A, f32>::new(xin)));
+            }
+        }
+        Io::Map(x, mut y) => {
+            assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
+            let direct = x.kind() == Kind::F32 && y.kind() == Kind::F32;
+            for (start, end) in chunks(y.len(), direct) {
+                let xin = staged_input(arch, x.slice(start..end), stage.x);
+                let (yout, narrow_into) = match y.reborrow().into_slice(start..end) {
+                    AnySliceMut::F32(y) => (y, None),
+                    other => (&mut stage.y[..end - start], Some(other)),
+                };
+                let w = VectorsMut::<A, f32>::new(yout);
+                // Equal lengths, stated where the optimiser can see them.
+                let r = Vectors::<A, f32>::new(xin).fit(w.blocks(), w.rest());
+                in_region(arch, kernel, Mapped { r, w });
+                if let Some(dst) = narrow_into {
+                    narrow(arch, &stage.y[..end - start], dst);
+                }
+            }
+        }
+        Io::InPlace(mut y) => {
+            for (start, end) in chunks(y.len(), y.kind() == Kind::F32) {
+                let (buf, narrow_into) = match y.reborrow().into_slice(start..end) {
+                    AnySliceMut::F32(y) => (y, None),
+                    other => {
+                        let buf = &mut stage.x[..end - start];
+                        widen(arch, other.shared(), buf);
+                        (buf, Some(other))
+                    }
+                };
+                in_region(
+                    arch,
+                    kernel,
+                    Updated {
+                        w: VectorsMut::<A, f32>::new(buf),
+                    },
+                );
+                if let Some(dst) = narrow_into {
+                    narrow(arch, &stage.x[..end - start], dst);
+                }
+            }
+        }
+    }
+}
+
+/// The (start, end) of each chunk of a row of `n`: the whole row when it needs
+/// no conversion, else [`CHUNK`]s. Always at least one, so an empty row still
+/// runs the kernel's final flush.
+#[inline(always)]
+fn chunks(n: usize, direct: bool) -> impl Iterator<Item = (usize, usize)> {
+    let step = if direct { n.max(1) } else { CHUNK };
+    (0..n.max(1))
+        .step_by(step)
+        .map(move |start| (start, n.min(start + step)))
+}
+
+/// `x` itself when it is f32, else `x` widened into `buf`.
+#[inline(always)]
+fn staged_input<'a, A: Arch>(arch: A, x: AnySlice<'a>, buf: &'a mut [f32]) -> &'a [f32] {
+    match x {
+        AnySlice::F32(x) => x,
+        other => {
+            let buf = &mut buf[..other.len()];
+            widen(arch, other, buf);
+            buf
+        }
+    }
+}
+
+/// Copies a pass's values through unchanged (the conversions happen in the loads and stores).
+struct Convert;
+
+impl<S: Simd> Kernel<S> for Convert {
+    type Acc = ();
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    fn init(&self, _: S) {}
+    #[inline(always)]
+    fn step(&self, _: S, _: (), x: S::f32s) -> ((), S::f32s) {
+        ((), x)
+    }
+    #[inline(always)]
+    fn merge(&self, _: S, _: (), _: ()) {}
+    #[inline(always)]
+    fn flush(&mut self, _: S, _: ()) {}
+}
+
+/// `src` (f16 or bf16) exactly as f32, into `dst` of the same length.
+#[inline(always)]
+fn widen<A: Arch>(arch: A, src: AnySlice<'_>, dst: &mut [f32]) {
+    #[inline(always)]
+    fn typed<A: Arch, T: Storage>(arch: A, src: &[T], dst: &mut [f32]) {
+        let w = VectorsMut::<A, f32>::new(dst);
+        let r = Vectors::<A, T>::new(src).fit(w.blocks(), w.rest());
+        in_region(arch, &mut Convert, Mapped { r, w });
+    }
+    match src {
+        AnySlice::F16(src) => typed(arch, src, dst),
+        AnySlice::BF16(src) => typed(arch, src, dst),
+        AnySlice::F32(src) => dst.copy_from_slice(src),
+    }
+}
+
+/// `src` rounded to nearest even into `dst` (f16 or bf16) of the same length.
+#[inline(always)]
+fn narrow<A: Arch>(arch: A, src: &[f32], dst: AnySliceMut<'_>) {
+    #[inline(always)]
+    fn typed<A: Arch, T: Storage>(arch: A, src: &[f32], dst: &mut [T]) {
+        let w = VectorsMut::<A, T>::new(dst);
+        let r = Vectors::<A, f32>::new(src).fit(w.blocks(), w.rest());
+        in_region(arch, &mut Convert, Mapped { r, w });
+    }
+    match dst {
+        AnySliceMut::F16(dst) => typed(arch, src, dst),
+        AnySliceMut::BF16(dst) => typed(arch, src, dst),
+        AnySliceMut::F32(dst) => dst.copy_from_slice(src),
+    }
+}
+
+/// Vector access to a row, split up front into blocks of [`UNROLL`] full
+/// vectors, the full vectors left over (fewer than UNROLL), and the partial
+/// tail. Loads give f32 vectors whatever the storage type.
+pub(crate) trait Reader<A: Arch> {
     fn blocks(&self) -> usize;
-    fn load_block(&self, i: usize) -> [S::f32s; UNROLL];
-    fn store_block(&mut self, i: usize, v: [S::f32s; UNROLL]);
+    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL];
     fn rest(&self) -> usize;
-    fn load_rest(&self, j: usize) -> S::f32s;
-    fn store_rest(&mut self, j: usize, v: S::f32s);
+    fn load_rest(&self, arch: A, j: usize) -> F32s<A>;
     fn tail_len(&self) -> usize;
     /// The tail's lanes; lanes past the row are 0 (the caller replaces them).
-    fn load_tail(&self, simd: S) -> S::f32s;
-    fn store_tail(&mut self, simd: S, v: S::f32s);
+    fn load_tail(&self, arch: A) -> F32s<A>;
 }
 
-type Blocks<'a, S> = &'a [[<S as Simd>::f32s; UNROLL]];
-type BlocksMut<'a, S> = &'a mut [[<S as Simd>::f32s; UNROLL]];
-
-struct ReadLanes<'a, S: Simd> {
-    blocks: Blocks<'a, S>,
-    rest: &'a [S::f32s],
-    tail: &'a [f32],
+/// A read-only row cut to the piece counts of the row it is mapped onto
+/// (equal for equal lengths), so indexing inside the loop needs no bounds check.
+pub(crate) trait Fit {
+    fn fit(self, blocks: usize, rest: usize) -> Self;
 }
 
-impl<'a, S: Simd> ReadLanes<'a, S> {
+/// A writable row; it reads what it holds (in place).
+pub(crate) trait Writer<A: Arch>: Reader<A> {
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
+    fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>);
+    fn store_tail(&mut self, arch: A, v: F32s<A>);
+}
+
+type Block<A, T> = [<T as Storage>::Vector<A>; UNROLL];
+
+/// A read-only row of one storage type.
+pub(crate) struct Vectors<'a, A: Arch, T: Storage> {
+    blocks: &'a [Block<A, T>],
+    rest: &'a [T::Vector<A>],
+    tail: &'a [T],
+}
+
+impl<'a, A: Arch, T: Storage> Vectors<'a, A, T> {
     #[inline(always)]
-    fn new(x: &'a [f32]) -> Self {
-        let (body, tail) = S::as_simd_f32s(x);
+    fn new(x: &'a [T]) -> Self {
+        let (body, tail) = T::split::<A>(x);
         let (blocks, rest) = body.as_chunks::<UNROLL>();
         Self { blocks, rest, tail }
     }
 }
 
-impl<S: Simd> Lanes<S> for ReadLanes<'_, S> {
+impl<A: Arch, T: Storage> Fit for Vectors<'_, A, T> {
     #[inline(always)]
-    fn blocks(&self) -> usize {
-        self.blocks.len()
-    }
-    #[inline(always)]
-    fn load_block(&self, i: usize) -> [S::f32s; UNROLL] {
-        self.blocks[i]
-    }
-    #[inline(always)]
-    fn store_block(&mut self, _: usize, _: [S::f32s; UNROLL]) {}
-    #[inline(always)]
-    fn rest(&self) -> usize {
-        self.rest.len()
-    }
-    #[inline(always)]
-    fn load_rest(&self, j: usize) -> S::f32s {
-        self.rest[j]
-    }
-    #[inline(always)]
-    fn store_rest(&mut self, _: usize, _: S::f32s) {}
-    #[inline(always)]
-    fn tail_len(&self) -> usize {
-        self.tail.len()
-    }
-    #[inline(always)]
-    fn load_tail(&self, simd: S) -> S::f32s {
-        simd.partial_load_f32s(self.tail)
-    }
-    #[inline(always)]
-    fn store_tail(&mut self, _: S, _: S::f32s) {}
-}
-
-/// The output side of a writing pass; the input is `x` (out of place) or the
-/// output itself (in place).
-struct WriteLanes<'a, S: Simd, X> {
-    x: X,
-    blocks: BlocksMut<'a, S>,
-    rest: &'a mut [S::f32s],
-    tail: &'a mut [f32],
-}
-
-/// In place: the pass reads what it overwrites.
-struct Same;
-
-impl<'a, S: Simd, X> WriteLanes<'a, S, X> {
-    #[inline(always)]
-    fn with(x: X, y: &'a mut [f32]) -> Self {
-        let (body, tail) = S::as_mut_simd_f32s(y);
-        let (blocks, rest) = body.as_chunks_mut::<UNROLL>();
+    fn fit(self, blocks: usize, rest: usize) -> Self {
         Self {
-            x,
-            blocks,
-            rest,
-            tail,
+            blocks: &self.blocks[..blocks],
+            rest: &self.rest[..rest],
+            tail: self.tail,
         }
     }
 }
 
-impl<'a, S: Simd> WriteLanes<'a, S, ReadLanes<'a, S>> {
+/// A writable row of one storage type.
+pub(crate) struct VectorsMut<'a, A: Arch, T: Storage> {
+    blocks: &'a mut [Block<A, T>],
+    rest: &'a mut [T::Vector<A>],
+    tail: &'a mut [T],
+}
+
+impl<'a, A: Arch, T: Storage> VectorsMut<'a, A, T> {
     #[inline(always)]
-    fn map(x: &'a [f32], y: &'a mut [f32]) -> Self {
-        assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
-        let w = Self::with(ReadLanes::new(x), y);
-        // Equal lengths, stated where the optimiser can see them.
-        let x = ReadLanes {
-            blocks: &w.x.blocks[..w.blocks.len()],
-            rest: &w.x.rest[..w.rest.len()],
-            tail: w.x.tail,
-        };
-        Self { x, ..w }
+    fn new(y: &'a mut [T]) -> Self {
+        let (body, tail) = T::split_mut::<A>(y);
+        let (blocks, rest) = body.as_chunks_mut::<UNROLL>();
+        Self { blocks, rest, tail }
     }
 }
 
-/// Where a writing pass reads its block `i`, its left-over vector `j` and its tail.
-trait Source<S: Simd> {
-    fn block(&self, own: &[[S::f32s; UNROLL]], i: usize) -> [S::f32s; UNROLL];
-    fn rest(&self, own: &[S::f32s], j: usize) -> S::f32s;
-    fn tail(&self, simd: S, own: &[f32]) -> S::f32s;
+/// The loads of both typed rows.
+macro_rules! typed_reader {
+    ($ty:ident) => {
+        impl<A: Arch, T: Storage> Reader<A> for $ty<'_, A, T> {
+            #[inline(always)]
+            fn blocks(&self) -> usize {
+                self.blocks.len()
+            }
+            #[inline(always)]
+            fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
+                let b = &self.blocks[i];
+                let mut out = [T::load(arch, b[0]); UNROLL];
+                for j in 1..UNROLL {
+                    out[j] = T::load(arch, b[j]);
+                }
+                out
+            }
+            #[inline(always)]
+            fn rest(&self) -> usize {
+                self.rest.len()
+            }
+            #[inline(always)]
+            fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
+                T::load(arch, self.rest[j])
+            }
+            #[inline(always)]
+            fn tail_len(&self) -> usize {
+                self.tail.len()
+            }
+            #[inline(always)]
+            fn load_tail(&self, arch: A) -> F32s<A> {
+                T::load_partial(arch, self.tail)
+            }
+        }
+    };
 }
 
-impl<S: Simd> Source<S> for Same {
+typed_reader!(Vectors);
+typed_reader!(VectorsMut);
+
+impl<A: Arch, T: Storage> Writer<A> for VectorsMut<'_, A, T> {
     #[inline(always)]
-    fn block(&self, own: &[[S::f32s; UNROLL]], i: usize) -> [S::f32s; UNROLL] {
-        own[i]
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+        let b = &mut self.blocks[i];
+        for j in 0..UNROLL {
+            b[j] = T::store(arch, v[j]);
+        }
     }
     #[inline(always)]
-    fn rest(&self, own: &[S::f32s], j: usize) -> S::f32s {
-        own[j]
+    fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>) {
+        self.rest[j] = T::store(arch, v);
     }
     #[inline(always)]
-    fn tail(&self, simd: S, own: &[f32]) -> S::f32s {
-        simd.partial_load_f32s(own)
+    fn store_tail(&mut self, arch: A, v: F32s<A>) {
+        T::store_partial(arch, self.tail, v)
     }
 }
 
-impl<S: Simd> Source<S> for ReadLanes<'_, S> {
-    #[inline(always)]
-    fn block(&self, _: &[[S::f32s; UNROLL]], i: usize) -> [S::f32s; UNROLL] {
-        self.blocks[i]
-    }
-    #[inline(always)]
-    fn rest(&self, _: &[S::f32s], j: usize) -> S::f32s {
-        self.rest[j]
-    }
-    #[inline(always)]
-    fn tail(&self, simd: S, _: &[f32]) -> S::f32s {
-        simd.partial_load_f32s(self.tail)
-    }
+/// What one pass does with its row: read only, read one and write another, or
+/// read and overwrite.
+trait Lanes<A: Arch> {
+    fn blocks(&self) -> usize;
+    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL];
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
+    fn rest(&self) -> usize;
+    fn load_rest(&self, arch: A, j: usize) -> F32s<A>;
+    fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>);
+    fn tail_len(&self) -> usize;
+    fn load_tail(&self, arch: A) -> F32s<A>;
+    fn store_tail(&mut self, arch: A, v: F32s<A>);
 }
 
-impl<S: Simd, X: Source<S>> Lanes<S> for WriteLanes<'_, S, X> {
+struct ReadOnly<R>(R);
+
+struct Mapped<R, W> {
+    r: R,
+    w: W,
+}
+
+struct Updated<W> {
+    w: W,
+}
+
+impl<A: Arch, R: Reader<A>> Lanes<A> for ReadOnly<R> {
     #[inline(always)]
     fn blocks(&self) -> usize {
-        self.blocks.len()
+        self.0.blocks()
     }
     #[inline(always)]
-    fn load_block(&self, i: usize) -> [S::f32s; UNROLL] {
-        self.x.block(self.blocks, i)
+    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
+        self.0.load_block(arch, i)
     }
     #[inline(always)]
-    fn store_block(&mut self, i: usize, v: [S::f32s; UNROLL]) {
-        self.blocks[i] = v;
-    }
+    fn store_block(&mut self, _: A, _: usize, _: [F32s<A>; UNROLL]) {}
     #[inline(always)]
     fn rest(&self) -> usize {
-        self.rest.len()
+        self.0.rest()
     }
     #[inline(always)]
-    fn load_rest(&self, j: usize) -> S::f32s {
-        self.x.rest(self.rest, j)
+    fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
+        self.0.load_rest(arch, j)
     }
     #[inline(always)]
-    fn store_rest(&mut self, j: usize, v: S::f32s) {
-        self.rest[j] = v;
-    }
+    fn store_rest(&mut self, _: A, _: usize, _: F32s<A>) {}
     #[inline(always)]
     fn tail_len(&self) -> usize {
-        self.tail.len()
+        self.0.tail_len()
     }
     #[inline(always)]
-    fn load_tail(&self, simd: S) -> S::f32s {
-        self.x.tail(simd, self.tail)
+    fn load_tail(&self, arch: A) -> F32s<A> {
+        self.0.load_tail(arch)
     }
     #[inline(always)]
-    fn store_tail(&mut self, simd: S, v: S::f32s) {
-        simd.partial_store_f32s(self.tail, v)
+    fn store_tail(&mut self, _: A, _: F32s<A>) {}
+}
+
+/// Reads from `R`, writes to `W` (or, with `R = W`, from and to the same row).
+macro_rules! writing_lanes {
+    ($ty:ty, $src:ident, $dst:ident, [$($bounds:tt)*]) => {
+        impl<$($bounds)*> Lanes<A> for $ty {
+            #[inline(always)]
+            fn blocks(&self) -> usize {
+                self.$dst.blocks()
+            }
+            #[inline(always)]
+            fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
+                self.$src.load_block(arch, i)
+            }
+            #[inline(always)]
+            fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+                self.$dst.store_block(arch, i, v)
+            }
+            #[inline(always)]
+            fn rest(&self) -> usize {
+                self.$dst.rest()
+            }
+            #[inline(always)]
+            fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
+                self.$src.load_rest(arch, j)
+            }
+            #[inline(always)]
+            fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>) {
+                self.$dst.store_rest(arch, j, v)
+            }
+            #[inline(always)]
+            fn tail_len(&self) -> usize {
+                self.$dst.tail_len()
+            }
+            #[inline(always)]
+            fn load_tail(&self, arch: A) -> F32s<A> {
+                self.$src.load_tail(arch)
+            }
+            #[inline(always)]
+            fn store_tail(&mut self, arch: A, v: F32s<A>) {
+                self.$dst.store_tail(arch, v)
+            }
+        }
+    };
+}
+
+writing_lanes!(Mapped<R, W>, r, w, [A: Arch, R: Reader<A>, W: Writer<A>]);
+writing_lanes!(Updated<W>, w, w, [A: Arch, W: Writer<A>]);
+
+/// One pass over one row (or chunk), run out of line in the token's region.
+struct Pass<'k, A, K, L> {
+    arch: A,
+    kernel: &'k mut K,
+    lanes: L,
+}
+
+impl<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>> Body for Pass<'_, A, K, L> {
+    type Output = ();
+    #[inline(always)]
+    fn call(self) {
+        drive(self.arch, self.kernel, self.lanes)
     }
 }
 
 #[inline(always)]
-fn drive<S: Simd, K: Kernel<S>, L: Lanes<S>>(simd: S, kernel: &mut K, mut lanes: L) {
+fn in_region<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, lanes: L) {
+    arch.region(Pass {
+        arch,
+        kernel,
+        lanes,
+    })
+}
+
+#[inline(always)]
+fn drive<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, mut lanes: L) {
+    let simd = arch.simd();
     let init = kernel.init(simd);
     let mut acc = [init; UNROLL];
     let mut since_flush = 0usize;
     for i in 0..lanes.blocks() {
-        let x = lanes.load_block(i);
+        let x = lanes.load_block(arch, i);
         let mut y = x;
         for j in 0..UNROLL {
             (acc[j], y[j]) = kernel.step(simd, acc[j], x[j]);
         }
-        lanes.store_block(i, y);
+        lanes.store_block(arch, i, y);
         since_flush += 1;
         if since_flush == K::FLUSH_STEPS {
             since_flush = 0;
@@ -281,18 +518,18 @@ fn drive<S: Simd, K: Kernel<S>, L: Lanes<S>>(simd: S, kernel: &mut K, mut lanes:
         }
     }
     for (j, a) in acc.iter_mut().enumerate().take(lanes.rest()) {
-        let (next, y) = kernel.step(simd, *a, lanes.load_rest(j));
+        let (next, y) = kernel.step(simd, *a, lanes.load_rest(arch, j));
         *a = next;
-        lanes.store_rest(j, y);
+        lanes.store_rest(arch, j, y);
     }
     let tail_len = lanes.tail_len();
     if tail_len > 0 {
         let valid = simd.mask_between_m32s(0, tail_len as u32).mask();
         let fill = simd.splat_f32s(kernel.fill());
-        let x = simd.select_f32s(valid, lanes.load_tail(simd), fill);
+        let x = simd.select_f32s(valid, lanes.load_tail(arch), fill);
         let (next, y) = kernel.step_tail(simd, acc[UNROLL - 1], x, tail_len);
         acc[UNROLL - 1] = next;
-        lanes.store_tail(simd, y);
+        lanes.store_tail(arch, y);
     }
     let merged = merge_all(simd, kernel, acc);
     kernel.flush(simd, merged);

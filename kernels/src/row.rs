@@ -15,16 +15,17 @@
 //! -inf (or an empty row) gives softmax 0, log-softmax -inf, logsumexp -inf.
 //! They are found without a per-element test: the max is ±inf, or the sum is NaN.
 
+use crate::arch::Arch;
 use crate::exp::CUTOFF;
-use crate::exp_sum::ExpSum;
-use crate::loops::{run, Io};
+use crate::exp_sum::{ExpSum, ExpSumBelowMax};
+use crate::loops::{run, Io, Stage};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
 use crate::shift::{with_shift, AnyShift, Shift};
+use crate::storage::{AnySlice, AnySliceMut, Kind};
 use crate::two_pass::{TwoPassOut, TwoPassSum, LIMIT};
 use crate::{Method, Output, Temperature};
-use pulp::Simd;
 
 /// Elements per online block: small enough that the block's second read hits L1.
 pub const ONLINE_BLOCK: usize = 2048;
@@ -53,9 +54,9 @@ enum Stats {
 
 /// (max, min) of a row.
 #[inline(always)]
-fn row_range<S: Simd>(simd: S, x: &[f32]) -> (f32, f32) {
+fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32) {
     let mut k = MinMax::new();
-    run(simd, Io::Read(x), &mut k);
+    run(arch, Io::Read(x), st, &mut k);
     (k.max, k.min)
 }
 
@@ -78,27 +79,39 @@ fn ln_upper_bound(s: f64) -> f64 {
 
 /// Σ exp((x - max)/t) over `io`, storing the terms if `io` writes.
 #[inline(always)]
-fn exp_sum<S: Simd>(simd: S, io: Io<'_>, max: f32, min: f32, inv_t: f32) -> f64 {
+fn exp_sum<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    io: Io<'_>,
+    max: f32,
+    min: f32,
+    inv_t: f32,
+) -> f64 {
     let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
     with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
-        exp_sum_with::<S, _, true>(simd, io, z)
+        exp_sum_with::<A, _, true>(arch, st, io, z)
     } else {
-        exp_sum_with::<S, _, false>(simd, io, z)
+        exp_sum_with::<A, _, false>(arch, st, io, z)
     })
 }
 
 #[inline(always)]
-fn exp_sum_with<S: Simd, Z: Shift, const FLUSH: bool>(simd: S, io: Io<'_>, z: Z) -> f64 {
+fn exp_sum_with<A: Arch, Z: Shift, const FLUSH: bool>(
+    arch: A,
+    st: &mut Stage<'_>,
+    io: Io<'_>,
+    z: Z,
+) -> f64 {
     let mut k = ExpSum::<Z, FLUSH>::new(z);
-    run(simd, io, &mut k);
+    run(arch, io, st, &mut k);
     k.total
 }
 
 /// Classifies a row whose max is not finite (or a block that is all -inf).
 #[inline(always)]
-fn classify<S: Simd>(simd: S, x: &[f32]) -> Special {
+fn classify<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> Special {
     let mut k = SpecialScan::default();
-    run(simd, Io::Read(x), &mut k);
+    run(arch, Io::Read(x), st, &mut k);
     if k.nans > 0 {
         Special::Nan
     } else if k.pos_infs > 0 {
@@ -108,42 +121,89 @@ fn classify<S: Simd>(simd: S, x: &[f32]) -> Special {
     }
 }
 
+/// S below this is recomputed without the max's own term (see [`ln_sum_peaked`]).
+const PEAKED: f64 = 1.0 + 1.0 / 64.0;
+
+/// The statistics of a row with a finite max and min, from its sum S.
 #[inline(always)]
-fn finite_or_nan(max: f32, min: f32, sum: f64) -> Stats {
+fn finite_or_nan<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    x: AnySlice<'_>,
+    (max, min, inv_t): (f32, f32, f32),
+    sum: f64,
+) -> Stats {
     if sum.is_nan() {
-        Stats::Special(Special::Nan)
+        return Stats::Special(Special::Nan);
+    }
+    let ln_sum = if sum < PEAKED {
+        ln_sum_peaked(arch, st, x, max, min, inv_t)
     } else {
-        Stats::Finite {
-            max,
-            min,
-            ln_sum: sum.ln(),
-        }
-    }
+        sum.ln()
+    };
+    Stats::Finite { max, min, ln_sum }
+}
+
+/// ln S of a row whose max dominates (S < 1 + 2^-6), with relative accuracy.
+/// There ln S ≈ S - 1 is the log-softmax of the max itself, but the terms
+/// that make up S - 1 were added into the f32 lane that also held the max's
+/// e^0 = 1 and lost their bits below 2^-24. Summed apart from the max's terms,
+/// they keep them: ln S = ln_1p(m - 1 + Σ_{x < max} e^z) with m the count of maxima.
+#[inline(always)]
+fn ln_sum_peaked<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    x: AnySlice<'_>,
+    max: f32,
+    min: f32,
+    inv_t: f32,
+) -> f64 {
+    let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
+    let (others, maxima) = with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
+        others_sum::<A, _, true>(arch, st, x, z)
+    } else {
+        others_sum::<A, _, false>(arch, st, x, z)
+    });
+    (maxima - 1.0 + others).ln_1p()
 }
 
 #[inline(always)]
-fn three_pass_stats<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> Stats {
-    let (max, min) = row_range(simd, x);
+fn others_sum<A: Arch, Z: Shift, const FLUSH: bool>(
+    arch: A,
+    st: &mut Stage<'_>,
+    x: AnySlice<'_>,
+    z: Z,
+) -> (f64, f64) {
+    let mut k = ExpSumBelowMax::<Z, FLUSH>::new(z);
+    run(arch, Io::Read(x), st, &mut k);
+    (k.total, k.maxima)
+}
+
+#[inline(always)]
+fn three_pass_stats<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> Stats {
+    let (max, min) = row_range(arch, st, x);
     if !max.is_finite() {
-        return Stats::Special(classify(simd, x));
+        return Stats::Special(classify(arch, st, x));
     }
-    finite_or_nan(max, min, exp_sum(simd, Io::Read(x), max, min, inv_t))
+    let sum = exp_sum(arch, st, Io::Read(x), max, min, inv_t);
+    finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
 #[inline(always)]
-fn online_stats<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> Stats {
+fn online_stats<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> Stats {
     let mut max = f32::NEG_INFINITY;
     let mut min = f32::INFINITY;
     let mut sum = 0.0f64;
-    for block in x.chunks(ONLINE_BLOCK) {
-        let (block_max, block_min) = row_range(simd, block);
+    for start in (0..x.len()).step_by(ONLINE_BLOCK) {
+        let block = x.slice(start..x.len().min(start + ONLINE_BLOCK));
+        let (block_max, block_min) = row_range(arch, st, block);
         min = min.min(block_min);
         if block_max == f32::INFINITY {
-            return Stats::Special(classify(simd, x));
+            return Stats::Special(classify(arch, st, x));
         }
         if block_max == f32::NEG_INFINITY {
             // Only -inf here, unless a NaN hid from max.
-            match classify(simd, block) {
+            match classify(arch, st, block) {
                 Special::Masked => continue,
                 other => return Stats::Special(other),
             }
@@ -152,12 +212,12 @@ fn online_stats<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> Stats {
             sum *= ((max as f64 - block_max as f64) * inv_t as f64).exp();
             max = block_max;
         }
-        sum += exp_sum(simd, Io::Read(block), max, block_min, inv_t);
+        sum += exp_sum(arch, st, Io::Read(block), max, block_min, inv_t);
     }
     if max == f32::NEG_INFINITY {
         return Stats::Special(Special::Masked);
     }
-    finite_or_nan(max, min, sum)
+    finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
 /// Pass 1 of two-pass: either the (S, E, max) triple for pass 2, or the row's
@@ -168,16 +228,16 @@ enum TwoPass {
 }
 
 #[inline(always)]
-fn two_pass_sum<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> TwoPass {
+fn two_pass_sum<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> TwoPass {
     let mut k = TwoPassSum::new(inv_t);
-    run(simd, Io::Read(x), &mut k);
+    run(arch, Io::Read(x), st, &mut k);
     if !k.max.is_finite() {
-        return TwoPass::Done(Stats::Special(classify(simd, x)));
+        return TwoPass::Done(Stats::Special(classify(arch, st, x)));
     }
     // Out of range first: such rows can make the pair sum NaN without any NaN input.
     let top = k.max * inv_t;
     if !(-LIMIT / 2.0..=LIMIT).contains(&top) {
-        return TwoPass::Done(online_stats(simd, x, inv_t));
+        return TwoPass::Done(online_stats(arch, st, x, inv_t));
     }
     if k.sum.is_nan() {
         return TwoPass::Done(Stats::Special(Special::Nan));
@@ -185,54 +245,55 @@ fn two_pass_sum<S: Simd>(simd: S, x: &[f32], inv_t: f32) -> TwoPass {
     TwoPass::Exp(k)
 }
 
+/// The statistics behind log-softmax and logsumexp. Two-pass takes online's:
+/// the same single read, and ln S is exact where it matters most. Two-pass
+/// forms even the max's own term with the exp polynomial, so its ln S carries
+/// an absolute error near 2^-23 that log-softmax outputs close to 0 (tiny in
+/// ULPs of f16 and bf16) cannot absorb; online's sum counts that term as exactly 1.
 #[inline(always)]
-fn stats<S: Simd>(simd: S, method: Method, x: &[f32], inv_t: f32) -> Stats {
+fn stats<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    method: Method,
+    x: AnySlice<'_>,
+    inv_t: f32,
+) -> Stats {
     match method {
-        Method::ThreePass => three_pass_stats(simd, x, inv_t),
-        Method::Online => online_stats(simd, x, inv_t),
-        Method::TwoPass => match two_pass_sum(simd, x, inv_t) {
-            TwoPass::Done(stats) => stats,
-            TwoPass::Exp(k) => {
-                // ln Σ e^(x·inv_t) = E ln 2 + ln S; shifted by the max, in f64.
-                let ln_sum =
-                    k.exponent * core::f64::consts::LN_2 + k.sum.ln() - k.max as f64 * inv_t as f64;
-                // S counts the max's own term, e^0 = 1, so ln S ≥ 0; the terms' rounding
-                // can take it a hair below, which would make a log-probability positive.
-                Stats::Finite {
-                    max: k.max,
-                    min: f32::NEG_INFINITY,
-                    ln_sum: ln_sum.max(0.0),
-                }
-            }
-        },
+        Method::ThreePass => three_pass_stats(arch, st, x, inv_t),
+        Method::Online | Method::TwoPass => online_stats(arch, st, x, inv_t),
     }
 }
 
 /// Writes a special row's outputs. `x` is `None` in place (then `y` still holds the input).
 #[inline(always)]
-fn write_special<S: Simd>(
-    simd: S,
+fn write_special<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
     output: Output,
     special: Special,
-    x: Option<&[f32]>,
-    y: &mut [f32],
+    x: Option<AnySlice<'_>>,
+    y: AnySliceMut<'_>,
 ) {
     let io = Io::write(x, y);
     match (special, output) {
-        (Special::Nan, _) => run(simd, io, &mut Map(Fill(f32::NAN))),
-        (Special::Masked, Output::Softmax) => run(simd, io, &mut Map(Fill(0.0))),
-        (Special::Masked, Output::LogSoftmax) => run(simd, io, &mut Map(Fill(f32::NEG_INFINITY))),
+        (Special::Nan, _) => run(arch, io, st, &mut Map(Fill(f32::NAN))),
+        (Special::Masked, Output::Softmax) => run(arch, io, st, &mut Map(Fill(0.0))),
+        (Special::Masked, Output::LogSoftmax) => {
+            run(arch, io, st, &mut Map(Fill(f32::NEG_INFINITY)))
+        }
         (Special::PosInf(k), Output::Softmax) => run(
-            simd,
+            arch,
             io,
+            st,
             &mut Map(InfShare {
                 on_inf: (1.0 / k as f64) as f32,
                 other: 0.0,
             }),
         ),
         (Special::PosInf(k), Output::LogSoftmax) => run(
-            simd,
+            arch,
             io,
+            st,
             &mut Map(InfShare {
                 on_inf: -(k as f64).ln() as f32,
                 other: f32::NEG_INFINITY,
@@ -247,49 +308,77 @@ fn subnormal_floor(sum: f64) -> f32 {
     (f32::MIN_POSITIVE as f64 * sum * FLOOR_MARGIN) as f32
 }
 
-/// Softmax or log-softmax of one row: out of place when `x` is given, else in place on `y`.
+/// Softmax or log-softmax of one row: out of place when `x` is given, else in
+/// place on `y`. A three-pass softmax into a row that is not f32 keeps its
+/// exponentials in `exps` (at least as long as the row): rounding them to
+/// the output type before the division would round twice.
 #[inline(always)]
-pub(crate) fn forward_row<S: Simd>(
-    simd: S,
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_row<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
     output: Output,
     method: Method,
     temperature: Temperature,
-    x: Option<&[f32]>,
-    y: &mut [f32],
+    x: Option<AnySlice<'_>>,
+    mut y: AnySliceMut<'_>,
+    exps: &mut [f32],
 ) {
     let inv_t = temperature.inv;
     let stats = match (output, method) {
         (Output::Softmax, Method::ThreePass) => {
-            let (max, min) = row_range(simd, x.unwrap_or(y));
+            let (max, min) = row_range(arch, st, x.unwrap_or(y.shared()));
             if !max.is_finite() {
-                let special = classify(simd, x.unwrap_or(y));
-                return write_special(simd, output, special, x, y);
+                let special = classify(arch, st, x.unwrap_or(y.shared()));
+                return write_special(arch, st, output, special, x, y);
             }
-            let sum = exp_sum(simd, Io::write(x, y), max, min, inv_t);
+            // Where the exponentials wait for the sum: the output itself when it is f32.
+            let in_output = y.kind() == Kind::F32;
+            let n = y.len();
+            let sum = if in_output {
+                exp_sum(arch, st, Io::write(x, y.reborrow()), max, min, inv_t)
+            } else {
+                let e = AnySliceMut::F32(&mut exps[..n]);
+                exp_sum(
+                    arch,
+                    st,
+                    Io::Map(x.unwrap_or(y.shared()), e),
+                    max,
+                    min,
+                    inv_t,
+                )
+            };
             if sum.is_nan() {
-                return write_special(simd, output, Special::Nan, x, y);
+                return write_special(arch, st, output, Special::Nan, x, y);
             }
             let (floor, r) = (subnormal_floor(sum), (1.0 / sum) as f32);
             // Every stored e ≥ floor when z ≥ ln(floor) (the 1e-5 covers exp's
             // error); ln S is bounded from its exponent, saving a libm call per row.
             let floor_z = CUTOFF as f64 + ln_upper_bound(sum) + FLOOR_MARGIN.ln() + 1e-5;
-            return if may_fall_below(max, min, inv_t, floor_z) {
-                run(simd, Io::InPlace(y), &mut Map(Scale::<true> { floor, r }))
+            let io = if in_output {
+                Io::InPlace(y)
             } else {
-                run(simd, Io::InPlace(y), &mut Map(Scale::<false> { floor, r }))
+                Io::Map(AnySlice::F32(&exps[..n]), y)
+            };
+            return if may_fall_below(max, min, inv_t, floor_z) {
+                run(arch, io, st, &mut Map(Scale::<true> { floor, r }))
+            } else {
+                run(arch, io, st, &mut Map(Scale::<false> { floor, r }))
             };
         }
-        (Output::Softmax, Method::TwoPass) => match two_pass_sum(simd, x.unwrap_or(y), inv_t) {
-            TwoPass::Exp(k) => {
-                let out = TwoPassOut::new(inv_t, k.sum, k.exponent);
-                return run(simd, Io::write(x, y), &mut Map(out));
+        (Output::Softmax, Method::TwoPass) => {
+            match two_pass_sum(arch, st, x.unwrap_or(y.shared()), inv_t) {
+                TwoPass::Exp(k) => {
+                    let out = TwoPassOut::new(inv_t, k.sum, k.exponent);
+                    return run(arch, Io::write(x, y), st, &mut Map(out));
+                }
+                TwoPass::Done(stats) => stats,
             }
-            TwoPass::Done(stats) => stats,
-        },
-        _ => stats(simd, method, x.unwrap_or(y), inv_t),
+        }
+        _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t),
     };
     match stats {
-        Stats::Special(special) => write_special(simd, output, special, x, y),
+        Stats::Special(special) => write_special(arch, st, output, special, x, y),
         Stats::Finite { max, min, ln_sum } => {
             let shift = AnyShift::new(max, min, inv_t);
             match output {
@@ -300,10 +389,10 @@ pub(crate) fn forward_row<S: Simd>(
                     let flush = may_fall_below(max, min, inv_t, cutoff as f64);
                     with_shift!(shift, z => if flush {
                         let map = ExpScale::<_, true> { shift: z, cutoff, r };
-                        run(simd, Io::write(x, y), &mut Map(map))
+                        run(arch, Io::write(x, y), st, &mut Map(map))
                     } else {
                         let map = ExpScale::<_, false> { shift: z, cutoff, r };
-                        run(simd, Io::write(x, y), &mut Map(map))
+                        run(arch, Io::write(x, y), st, &mut Map(map))
                     })
                 }
                 Output::LogSoftmax => with_shift!(shift, z => {
@@ -311,7 +400,7 @@ pub(crate) fn forward_row<S: Simd>(
                         shift: z,
                         ln_sum: ln_sum as f32,
                     };
-                    run(simd, Io::write(x, y), &mut Map(map))
+                    run(arch, Io::write(x, y), st, &mut Map(map))
                 }),
             }
         }
@@ -320,13 +409,14 @@ pub(crate) fn forward_row<S: Simd>(
 
 /// t · ln Σ exp(x/t) of one row.
 #[inline(always)]
-pub(crate) fn logsumexp_row<S: Simd>(
-    simd: S,
+pub(crate) fn logsumexp_row<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
     method: Method,
     temperature: Temperature,
-    x: &[f32],
+    x: AnySlice<'_>,
 ) -> f32 {
-    match stats(simd, method, x, temperature.inv) {
+    match stats(arch, st, method, x, temperature.inv) {
         Stats::Special(Special::Nan) => f32::NAN,
         Stats::Special(Special::PosInf(_)) => f32::INFINITY,
         Stats::Special(Special::Masked) => f32::NEG_INFINITY,

@@ -2,9 +2,11 @@
 //! emulated wide scalar tokens running the very same kernel bodies through the
 //! kernels crate, so 4-, 8- and 16-lane logic is exercised on any CPU.
 
-use pulp::{Simd, WithSimd};
-use softmax::{Algorithm, Isa, Parallelism, Softmax, AUTO_ONLINE_FROM_COLS};
-use softmax_kernels::{Forward, LogSumExp, Method, Output, Strided, StridedMut, Temperature};
+use softmax::{Algorithm, Element, Isa, Parallelism, Softmax, AUTO_ONLINE_FROM_COLS};
+use softmax_kernels::arch::Portable;
+use softmax_kernels::{
+    AnySliceMut, Forward, Job, LogSumExp, Method, Output, Strided, StridedMut, Temperature,
+};
 
 /// Every algorithm, `Auto` first.
 pub const ALGORITHMS: [Algorithm; 4] = [
@@ -68,23 +70,23 @@ impl Backend {
         }
     }
 
-    fn vectorize<J: WithSimd>(self, job: J) -> J::Output {
+    fn vectorize<J: Job>(self, job: J) -> J::Output {
         match self {
-            Backend::Emu128 => pulp::Scalar128b.vectorize(job),
-            Backend::Emu256 => pulp::Scalar256b.vectorize(job),
-            Backend::Emu512 => pulp::Scalar512b.vectorize(job),
+            Backend::Emu128 => job.run(Portable(pulp::Scalar128b)),
+            Backend::Emu256 => job.run(Portable(pulp::Scalar256b)),
+            Backend::Emu512 => job.run(Portable(pulp::Scalar512b)),
             Backend::Isa(isa) => unreachable!("{isa} runs through the public API"),
         }
     }
 
     /// Softmax or log-softmax of `x` into `y`, or of `y` in place when `x` is `None`.
-    pub fn forward(
+    pub fn forward<I: Element, O: Element>(
         self,
         output: Output,
         algorithm: Algorithm,
         t: f32,
-        x: Option<&[f32]>,
-        y: &mut [f32],
+        x: Option<&[I]>,
+        y: &mut [O],
     ) {
         match self {
             Backend::Isa(isa) => {
@@ -99,19 +101,21 @@ impl Backend {
             }
             _ => {
                 let n = y.len();
+                let mut scratch = vec![0.0f32; n + softmax_kernels::Stage::LEN];
                 self.vectorize(Forward {
                     output,
                     method: Self::method(algorithm, n),
                     temperature: Temperature::new(t),
-                    x: x.map(|x| Strided::new(x, 1, n, n)),
-                    y: StridedMut::new(y, 1, n, n),
+                    x: x.map(|x| Strided::new(I::any(x), 1, n, n)),
+                    y: StridedMut::new(O::any_mut(y), 1, n, n),
+                    scratch: &mut scratch,
                 });
             }
         }
     }
 
     /// t · ln Σ exp(x / t).
-    pub fn logsumexp(self, algorithm: Algorithm, t: f32, x: &[f32]) -> f32 {
+    pub fn logsumexp<I: Element>(self, algorithm: Algorithm, t: f32, x: &[I]) -> f32 {
         match self {
             Backend::Isa(isa) => Self::options(isa, algorithm, t)
                 .logsumexp(x)
@@ -122,8 +126,9 @@ impl Backend {
                 self.vectorize(LogSumExp {
                     method: Self::method(algorithm, n),
                     temperature: Temperature::new(t),
-                    x: Strided::new(x, 1, n, n),
-                    out: &mut out,
+                    x: Strided::new(I::any(x), 1, n, n),
+                    out: AnySliceMut::F32(&mut out),
+                    scratch: &mut vec![0.0; softmax_kernels::Stage::LEN],
                 });
                 out[0]
             }

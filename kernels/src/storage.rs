@@ -1,0 +1,295 @@
+//! Element storage: how a row of f32, f16 or bf16 becomes f32 vectors and back.
+//! Arithmetic is always f32; narrower types are widened on load and rounded to
+//! nearest even on store (see [`crate::arch`]).
+
+use crate::arch::{Arch, F32s};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use pulp::bytemuck;
+use pulp::Simd;
+
+/// The element types of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    F32,
+    F16,
+    BF16,
+}
+
+/// A storage type: its vector form for each ISA, and the conversions.
+pub trait Storage: Copy + Send + Sync + 'static {
+    const KIND: Kind;
+    /// One vector's worth of elements in memory.
+    type Vector<A: Arch>: Copy;
+    /// The whole vectors of `x` and the rest (shorter than a vector).
+    fn split<A: Arch>(x: &[Self]) -> (&[Self::Vector<A>], &[Self]);
+    fn split_mut<A: Arch>(x: &mut [Self]) -> (&mut [Self::Vector<A>], &mut [Self]);
+    fn load<A: Arch>(arch: A, v: Self::Vector<A>) -> F32s<A>;
+    fn store<A: Arch>(arch: A, v: F32s<A>) -> Self::Vector<A>;
+    /// The first `x.len()` lanes (fewer than a vector); the others are 0.
+    fn load_partial<A: Arch>(arch: A, x: &[Self]) -> F32s<A>;
+    fn store_partial<A: Arch>(arch: A, x: &mut [Self], v: F32s<A>);
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Storage for f32 {
+    const KIND: Kind = Kind::F32;
+    type Vector<A: Arch> = F32s<A>;
+    #[inline(always)]
+    fn split<A: Arch>(x: &[f32]) -> (&[F32s<A>], &[f32]) {
+        A::Simd::as_simd_f32s(x)
+    }
+    #[inline(always)]
+    fn split_mut<A: Arch>(x: &mut [f32]) -> (&mut [F32s<A>], &mut [f32]) {
+        A::Simd::as_mut_simd_f32s(x)
+    }
+    #[inline(always)]
+    fn load<A: Arch>(_: A, v: F32s<A>) -> F32s<A> {
+        v
+    }
+    #[inline(always)]
+    fn store<A: Arch>(_: A, v: F32s<A>) -> F32s<A> {
+        v
+    }
+    #[inline(always)]
+    fn load_partial<A: Arch>(arch: A, x: &[f32]) -> F32s<A> {
+        arch.simd().partial_load_f32s(x)
+    }
+    #[inline(always)]
+    fn store_partial<A: Arch>(arch: A, x: &mut [f32], v: F32s<A>) {
+        arch.simd().partial_store_f32s(x, v)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+}
+
+/// The 16-bit types differ only in their conversions.
+macro_rules! half_storage {
+    ($t:ty, $kind:ident, $widen:ident, $narrow:ident) => {
+        impl Storage for $t {
+            const KIND: Kind = Kind::$kind;
+            type Vector<A: Arch> = A::Halfs;
+            #[inline(always)]
+            fn split<A: Arch>(x: &[$t]) -> (&[A::Halfs], &[$t]) {
+                let (body, rest) = x.split_at(x.len() - x.len() % lanes::<A>());
+                (bytemuck::cast_slice(body.reinterpret_cast()), rest)
+            }
+            #[inline(always)]
+            fn split_mut<A: Arch>(x: &mut [$t]) -> (&mut [A::Halfs], &mut [$t]) {
+                let at = x.len() - x.len() % lanes::<A>();
+                let (body, rest) = x.split_at_mut(at);
+                (bytemuck::cast_slice_mut(body.reinterpret_cast_mut()), rest)
+            }
+            #[inline(always)]
+            fn load<A: Arch>(arch: A, v: A::Halfs) -> F32s<A> {
+                arch.$widen(v)
+            }
+            #[inline(always)]
+            fn store<A: Arch>(arch: A, v: F32s<A>) -> A::Halfs {
+                arch.$narrow(v)
+            }
+            #[inline(always)]
+            fn load_partial<A: Arch>(arch: A, x: &[$t]) -> F32s<A> {
+                let mut v = <A::Halfs as bytemuck::Zeroable>::zeroed();
+                let bits: &mut [u16] = bytemuck::cast_slice_mut(core::slice::from_mut(&mut v));
+                bits[..x.len()].copy_from_slice(x.reinterpret_cast());
+                arch.$widen(v)
+            }
+            #[inline(always)]
+            fn store_partial<A: Arch>(arch: A, x: &mut [$t], v: F32s<A>) {
+                let v = arch.$narrow(v);
+                let bits: &[u16] = bytemuck::cast_slice(core::slice::from_ref(&v));
+                let n = x.len();
+                x.reinterpret_cast_mut().copy_from_slice(&bits[..n]);
+            }
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                <$t>::to_f32(self)
+            }
+            #[inline(always)]
+            fn from_f32(x: f32) -> $t {
+                <$t>::from_f32(x)
+            }
+        }
+    };
+}
+
+half_storage!(f16, F16, f16_to_f32, f32_to_f16);
+half_storage!(bf16, BF16, bf16_to_f32, f32_to_bf16);
+
+/// f32 lanes per vector of `A`.
+#[inline(always)]
+pub(crate) const fn lanes<A: Arch>() -> usize {
+    core::mem::size_of::<F32s<A>>() / 4
+}
+
+/// A row of any storage type.
+#[derive(Clone, Copy, Debug)]
+pub enum AnySlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+/// A writable row of any storage type.
+#[derive(Debug)]
+pub enum AnySliceMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+    BF16(&'a mut [bf16]),
+}
+
+/// Evaluates `$body` with `$s` bound to the typed slice inside `$any`, and
+/// rewraps the result in the same variant when `$wrap` is given.
+macro_rules! each {
+    ($any:expr, $s:ident => $body:expr) => {
+        match $any {
+            AnySlice::F32($s) => $body,
+            AnySlice::F16($s) => $body,
+            AnySlice::BF16($s) => $body,
+        }
+    };
+    (mut $any:expr, $s:ident => $body:expr) => {
+        match $any {
+            AnySliceMut::F32($s) => $body,
+            AnySliceMut::F16($s) => $body,
+            AnySliceMut::BF16($s) => $body,
+        }
+    };
+    (wrap $any:expr, $s:ident => $body:expr) => {
+        match $any {
+            AnySlice::F32($s) => AnySlice::F32($body),
+            AnySlice::F16($s) => AnySlice::F16($body),
+            AnySlice::BF16($s) => AnySlice::BF16($body),
+        }
+    };
+    (wrap mut $any:expr, $s:ident => $body:expr) => {
+        match $any {
+            AnySliceMut::F32($s) => AnySliceMut::F32($body),
+            AnySliceMut::F16($s) => AnySliceMut::F16($body),
+            AnySliceMut::BF16($s) => AnySliceMut::BF16($body),
+        }
+    };
+}
+
+impl<'a> AnySlice<'a> {
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        each!(self, s => s.len())
+    }
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    #[inline(always)]
+    pub fn kind(&self) -> Kind {
+        match self {
+            AnySlice::F32(_) => Kind::F32,
+            AnySlice::F16(_) => Kind::F16,
+            AnySlice::BF16(_) => Kind::BF16,
+        }
+    }
+    /// Elements `range` (panics if out of bounds).
+    #[inline(always)]
+    pub fn slice(self, range: core::ops::Range<usize>) -> AnySlice<'a> {
+        each!(wrap self, s => &s[range])
+    }
+    #[inline(always)]
+    pub fn split_at(self, k: usize) -> (AnySlice<'a>, AnySlice<'a>) {
+        (self.slice(0..k), self.slice(k..self.len()))
+    }
+}
+
+impl<'a> AnySliceMut<'a> {
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        each!(mut self, s => s.len())
+    }
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    #[inline(always)]
+    pub fn kind(&self) -> Kind {
+        self.shared().kind()
+    }
+    /// A shorter-lived writable view of the same row.
+    #[inline(always)]
+    pub fn reborrow(&mut self) -> AnySliceMut<'_> {
+        each!(wrap mut self, s => &mut **s)
+    }
+    /// A read-only view of the same row.
+    #[inline(always)]
+    pub fn shared(&self) -> AnySlice<'_> {
+        match self {
+            AnySliceMut::F32(s) => AnySlice::F32(s),
+            AnySliceMut::F16(s) => AnySlice::F16(s),
+            AnySliceMut::BF16(s) => AnySlice::BF16(s),
+        }
+    }
+    /// Elements `range` (panics if out of bounds).
+    #[inline(always)]
+    pub fn into_slice(self, range: core::ops::Range<usize>) -> AnySliceMut<'a> {
+        each!(wrap mut self, s => &mut s[range])
+    }
+    #[inline(always)]
+    pub fn split_at(self, k: usize) -> (AnySliceMut<'a>, AnySliceMut<'a>) {
+        match self {
+            AnySliceMut::F32(s) => {
+                let (a, b) = s.split_at_mut(k);
+                (AnySliceMut::F32(a), AnySliceMut::F32(b))
+            }
+            AnySliceMut::F16(s) => {
+                let (a, b) = s.split_at_mut(k);
+                (AnySliceMut::F16(a), AnySliceMut::F16(b))
+            }
+            AnySliceMut::BF16(s) => {
+                let (a, b) = s.split_at_mut(k);
+                (AnySliceMut::BF16(a), AnySliceMut::BF16(b))
+            }
+        }
+    }
+    /// Writes `value` at `i`, rounded to the storage type.
+    #[inline(always)]
+    pub fn set(&mut self, i: usize, value: f32) {
+        each!(mut self, s => s[i] = Storage::from_f32(value))
+    }
+}
+
+impl<'a> From<&'a [f32]> for AnySlice<'a> {
+    fn from(s: &'a [f32]) -> Self {
+        AnySlice::F32(s)
+    }
+}
+impl<'a> From<&'a [f16]> for AnySlice<'a> {
+    fn from(s: &'a [f16]) -> Self {
+        AnySlice::F16(s)
+    }
+}
+impl<'a> From<&'a [bf16]> for AnySlice<'a> {
+    fn from(s: &'a [bf16]) -> Self {
+        AnySlice::BF16(s)
+    }
+}
+impl<'a> From<&'a mut [f32]> for AnySliceMut<'a> {
+    fn from(s: &'a mut [f32]) -> Self {
+        AnySliceMut::F32(s)
+    }
+}
+impl<'a> From<&'a mut [f16]> for AnySliceMut<'a> {
+    fn from(s: &'a mut [f16]) -> Self {
+        AnySliceMut::F16(s)
+    }
+}
+impl<'a> From<&'a mut [bf16]> for AnySliceMut<'a> {
+    fn from(s: &'a mut [bf16]) -> Self {
+        AnySliceMut::BF16(s)
+    }
+}
