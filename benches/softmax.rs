@@ -11,15 +11,24 @@
 //! Blocks rather than the whole batch keep the scalar ISA (tens of ms per
 //! block) inside the time budget; `threads/` times whole batches.
 //!
+//! The `dtype/` groups compare element types: softmax, `Algorithm::Auto`, best
+//! ISA, with f32, f16 and bf16 in and out, on single rows 1×1024 and 1×32000
+//! and on whole 512×32000 batches with one thread and with rayon's global pool.
+//! A half-precision batch is half the bytes, so it gets two buffer sets used
+//! in turn: every iteration still meets memory 128 MiB of traffic has evicted.
+//!
 //! Every bench checks its answer once against the crate's scalar ISA
-//! (three-pass) before it is timed. Groups report elements/s; the `bytes/`
-//! groups repeat the `auto` rows with bytes/s (read + written once).
+//! (three-pass) before it is timed; half-precision outputs, widened, against the
+//! scalar ISA's f32 softmax of the widened input, within one unit in their last
+//! place. Groups report elements/s; the `bytes/` groups repeat the `auto` rows
+//! with bytes/s (read + written once).
 //!
 //! `cargo bench --bench softmax -- softmax/1024` runs one group.
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::{measurement::WallTime, SamplingMode};
-use softmax::{Algorithm, Isa, Parallelism, Rows, RowsMut, Softmax};
+use softmax::half::{bf16, f16};
+use softmax::{Algorithm, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -45,6 +54,8 @@ const TOLERANCE: f32 = 1e-6;
 const NAIVE_TOLERANCE: f32 = 1e-4;
 /// Negation: exact, and repeating it in place never drifts into subnormals.
 const SCALE: f32 = -1.0;
+/// Single rows of the `dtype/` groups; the batch is OUT_OF_CACHE.
+const DTYPE_COLS: [usize; 2] = [1024, 32000];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Operation {
@@ -113,19 +124,23 @@ struct Workload {
     next_block: usize,
 }
 
+/// xorshift64*: reproducible logits uniform in ±10, no dependency.
+fn logits(count: usize) -> Vec<f32> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..count)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            (bits as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 10.0
+        })
+        .collect()
+}
+
 impl Workload {
     fn new(rows: usize, cols: usize, block_rows: usize) -> Self {
-        // xorshift64*: reproducible logits uniform in ±10, no dependency.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let x: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-                (bits as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 10.0
-            })
-            .collect();
+        let x = logits(rows * cols);
         Self {
             rows,
             cols,
@@ -369,6 +384,190 @@ fn by_threads(c: &mut Criterion) {
     group.finish();
 }
 
+// ------------------------------------------------------------------ element types
+
+/// The element types benched, with conversions through f32 and the check each
+/// output type must pass.
+trait Dtype: Element {
+    const NAME: &'static str;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// |got − want| within one unit in the last place of this type, relative
+    /// down to 2^-14 and absolute below (f32: the crate's TOLERANCE).
+    fn close(got: f32, want: f32) -> bool;
+}
+
+impl Dtype for f32 {
+    const NAME: &'static str = "f32";
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn close(got: f32, want: f32) -> bool {
+        (got - want).abs() <= TOLERANCE * want.abs().max(1.0)
+    }
+}
+
+impl Dtype for f16 {
+    const NAME: &'static str = "f16";
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn close(got: f32, want: f32) -> bool {
+        (got - want).abs() <= 2f32.powi(-10) * want.abs().max(2f32.powi(-14))
+    }
+}
+
+impl Dtype for bf16 {
+    const NAME: &'static str = "bf16";
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn close(got: f32, want: f32) -> bool {
+        (got - want).abs() <= 2f32.powi(-7) * want.abs().max(2f32.powi(-14))
+    }
+}
+
+/// Logits stored as `T` (the same logits as `Workload`, rounded) and a `T`
+/// output. Out of cache, as many buffer sets as make the bytes of the f32
+/// batch, used in turn.
+struct Typed<T> {
+    rows: usize,
+    cols: usize,
+    x: Vec<Vec<T>>,
+    y: Vec<Vec<T>>,
+    next_set: usize,
+}
+
+impl<T: Dtype> Typed<T> {
+    fn new(rows: usize, cols: usize) -> Self {
+        let sets = match rows {
+            1 => 1,
+            _ => size_of::<f32>().div_ceil(size_of::<T>()),
+        };
+        let x: Vec<T> = logits(rows * cols).into_iter().map(T::from_f32).collect();
+        Self {
+            rows,
+            cols,
+            x: vec![x; sets],
+            y: vec![vec![T::from_f32(f32::NAN); rows * cols]; sets],
+            next_set: 0,
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("{}x{}", self.rows, self.cols)
+    }
+
+    /// Softmax of the next buffer set (set 0 when `first`): a single row through
+    /// the row API, a batch through the batch API.
+    fn call(&mut self, options: &Softmax, first: bool) {
+        let set = if first {
+            0
+        } else {
+            self.next_set % self.x.len()
+        };
+        self.next_set = set + 1;
+        let (x, y) = (black_box(&self.x[set]), &mut self.y[set]);
+        match self.rows {
+            1 => options.softmax(x, y),
+            _ => options.softmax_rows(
+                Rows::contiguous(x, self.cols).unwrap(),
+                RowsMut::contiguous(y, self.cols).unwrap(),
+            ),
+        }
+        .unwrap();
+        black_box(&self.y);
+    }
+
+    /// Runs once on set 0 over NaN and compares, widened, with the scalar ISA's
+    /// f32 softmax of the widened input; panics (naming the type and ISA) if off.
+    fn check(&mut self, options: &Softmax, name: &str) {
+        self.y[0].fill(T::from_f32(f32::NAN));
+        self.call(options, true);
+        let scalar = Softmax::new()
+            .isa(Isa::Scalar)
+            .unwrap()
+            .algorithm(Algorithm::ThreePass)
+            .parallelism(Parallelism::Serial);
+        let x: Vec<f32> = self.x[0].iter().map(|&v| v.to_f32()).collect();
+        let mut want = vec![0.0f32; x.len()];
+        scalar
+            .softmax_rows(
+                Rows::contiguous(x.as_slice(), self.cols).unwrap(),
+                RowsMut::contiguous(&mut want, self.cols).unwrap(),
+            )
+            .unwrap();
+        for (i, (&g, &w)) in self.y[0].iter().zip(&want).enumerate() {
+            let g = g.to_f32();
+            assert!(
+                T::close(g, w),
+                "softmax {name} ({}, auto) on {}: element {i} is {g}, the scalar ISA gives {w}",
+                options.get_isa(),
+                self.label()
+            );
+        }
+    }
+}
+
+/// Benches `T` in `group` once per parallelism, subject `T` or `T/suffix`.
+fn bench_dtype<T: Dtype>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    (rows, cols): (usize, usize),
+    parallelisms: &[(String, Parallelism)],
+) {
+    let mut work = Typed::<T>::new(rows, cols);
+    for (suffix, parallelism) in parallelisms {
+        let options = options(
+            Subject::Crate(Isa::detect(), Algorithm::Auto),
+            parallelism.clone(),
+        );
+        let name = match suffix.as_str() {
+            "" => T::NAME.to_string(),
+            suffix => format!("{}/{suffix}", T::NAME),
+        };
+        work.check(&options, &name);
+        group.bench_function(name, |b| b.iter(|| work.call(&options, false)));
+    }
+}
+
+/// Softmax, best ISA, `Algorithm::Auto`, by element type (the same type in and
+/// out): single rows in cache, then whole 512×32000 batches with one thread
+/// and with rayon's global pool (`Parallelism::Auto`).
+fn by_dtype(c: &mut Criterion) {
+    for cols in DTYPE_COLS {
+        let mut group = c.benchmark_group(format!("dtype/softmax/1x{cols}"));
+        group.throughput(Throughput::Elements(cols as u64));
+        let serial = [(String::new(), Parallelism::Serial)];
+        bench_dtype::<f32>(&mut group, (1, cols), &serial);
+        bench_dtype::<f16>(&mut group, (1, cols), &serial);
+        bench_dtype::<bf16>(&mut group, (1, cols), &serial);
+        group.finish();
+    }
+    let (rows, cols) = OUT_OF_CACHE;
+    let mut group = c.benchmark_group(format!("dtype/softmax/{rows}x{cols}"));
+    group.throughput(Throughput::Elements((rows * cols) as u64));
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    let threads = rayon::current_num_threads();
+    let parallelisms = [
+        ("1-thread".to_string(), Parallelism::Serial),
+        (format!("{threads}-threads"), Parallelism::Auto),
+    ];
+    bench_dtype::<f32>(&mut group, OUT_OF_CACHE, &parallelisms);
+    bench_dtype::<f16>(&mut group, OUT_OF_CACHE, &parallelisms);
+    bench_dtype::<bf16>(&mut group, OUT_OF_CACHE, &parallelisms);
+    group.finish();
+}
+
 fn config() -> Criterion {
     // Short: ~180 benches; the suite should finish in a few minutes.
     Criterion::default()
@@ -380,6 +579,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = by_elements, by_bytes, by_threads
+    targets = by_elements, by_bytes, by_threads, by_dtype
 }
 criterion_main!(benches);

@@ -9,12 +9,18 @@
 //! - copy-scale `y = c·x` on the best ISA: the same bytes read and written as
 //!   softmax with no arithmetic to speak of, i.e. what the memory system allows.
 //!
+//! A second table, "half precision", measures softmax (`Algorithm::Auto`, the
+//! detected ISA) with f16 and bf16 storage beside f32 on a few of those shapes
+//! (single rows, a small batch, the out-of-cache batch), and gives each pair of
+//! element types its throughput as a multiple of f32→f32's in the same run.
+//!
 //! Every configuration is checked once against the crate's scalar ISA before it
-//! is timed. Results go to stdout as a table, progress to stderr, and files to
+//! is timed (half-precision outputs within one unit in the last place of their
+//! type). Results go to stdout as tables, progress to stderr, and files to
 //! `report-out/`: results.csv, results.json and throughput.svg.
 //!
-//! Only std, rayon and pulp (dependencies of the crate itself) are used, so the
-//! report builds without dev-dependencies: flags, CSV, JSON and SVG are by hand.
+//! Only std, rayon, pulp and half (dependencies of the crate itself) are used, so
+//! the report builds without dev-dependencies: flags, CSV, JSON and SVG are by hand.
 
 #[allow(dead_code)]
 mod baselines;
@@ -23,7 +29,8 @@ mod svg;
 use baselines::{copy_scale, naive_softmax};
 use rayon::prelude::*;
 use rayon::ThreadPool;
-use softmax::{Algorithm, Isa, Parallelism, Rows, RowsMut, Softmax};
+use softmax::half::{bf16, f16};
+use softmax::{Algorithm, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +49,23 @@ const STANDARD_SHAPES: [(usize, usize); 8] = [
     (2048, 2048),
 ];
 const QUICK_SHAPES: [(usize, usize); 2] = [(1, 1024), (64, 1024)];
+/// The standard shapes the half-precision table measures: single rows and a
+/// small batch in cache, and the batch that spills the cache.
+const HALF_SHAPES: [(usize, usize); 4] = [(1, 1024), (1, 32000), (64, 1024), (512, 32000)];
+/// Element pairs (input→output) of the half-precision table; f32→f32 is its yardstick.
+const ALL_PAIRS: [Pair; 5] = [
+    Pair::F32,
+    Pair::same(Dtype::F16),
+    Pair::same(Dtype::Bf16),
+    Pair {
+        input: Dtype::F32,
+        output: Dtype::F16,
+    },
+    Pair {
+        input: Dtype::F16,
+        output: Dtype::F32,
+    },
+];
 const ALL_ALGORITHMS: [Algorithm; 4] = [
     Algorithm::ThreePass,
     Algorithm::TwoPass,
@@ -57,6 +81,10 @@ const DEFAULT_SAMPLES: usize = 5;
 /// |Δ| ≤ TOLERANCE · max(1, |reference|): absolute for probabilities (≤ 1),
 /// relative for log-probabilities and logsumexp, whose magnitude grows with ln n.
 const TOLERANCE: f64 = 1e-6;
+/// Half-precision outputs: |Δ| ≤ 2^-p · max(|reference|, HALF_FLOOR) with p the
+/// type's stored mantissa bits (one unit in the last place). Below the floor the
+/// bound is absolute: 2^-24 for f16, its subnormal spacing, and 2^-21 for bf16.
+const HALF_FLOOR: f64 = 1.0 / (1 << 14) as f64;
 /// Logits are uniform in ±LOGIT_RANGE: a spread like real LLM logits, no special values.
 const LOGIT_RANGE: f32 = 10.0;
 /// Cores kept busy by other processes above which the header warns.
@@ -78,13 +106,21 @@ usage: cargo run --release --bin report -- [flags]
                             spread over the configurations); a configuration
                             too slow for whole-batch calls times blocks of rows
   --samples 5               timed samples per configuration; the median is kept
+  --elements f32,f16,bf16,f32-f16,f16-f32
+                            element pairs IN-OUT of the half-precision table
+                            (softmax, auto, detected ISA; a single type is the
+                            same in and out; default: those five; none: no
+                            table); f32-f32 is always measured, as the yardstick.
+                            Its shapes: those of --shapes if given, else the
+                            standard 1x1024, 1x32000, 64x1024 and 512x32000
   --out DIR                 where results.csv, results.json and throughput.svg
                             go (default: report-out)
   --quick                   a few seconds: two small shapes, short samples
   --help                    this text
 
 Exits 1 if any configuration differs from the scalar ISA by more than
-1e-6 · max(1, |reference|), 2 on a bad flag or an unwritable output directory.";
+1e-6 · max(1, |reference|) (half-precision outputs: 2^-10 for f16, 2^-7 for
+bf16, · max(|reference|, 2^-14)), 2 on a bad flag or an unwritable output directory.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Shape {
@@ -116,6 +152,137 @@ impl fmt::Display for Shape {
     }
 }
 
+/// An element type of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Dtype, String> {
+        [Dtype::F32, Dtype::F16, Dtype::Bf16]
+            .into_iter()
+            .find(|d| d.name() == name.trim().to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown element type {name:?}; expected f32, f16 or bf16"))
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// `v` stored as this type and widened back: what the kernels read.
+    fn round(self, v: f32) -> f32 {
+        match self {
+            Dtype::F32 => v,
+            Dtype::F16 => f16::from_f32(v).to_f32(),
+            Dtype::Bf16 => bf16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// An output of this type passes if |Δ| / error_scale(reference) ≤ tolerance.
+    fn error_scale(self, reference: f64) -> f64 {
+        match self {
+            Dtype::F32 => reference.abs().max(1.0),
+            Dtype::F16 | Dtype::Bf16 => reference.abs().max(HALF_FLOOR),
+        }
+    }
+
+    /// One unit in the last place for half precision (10 and 7 stored mantissa bits).
+    fn tolerance(self) -> f64 {
+        match self {
+            Dtype::F32 => TOLERANCE,
+            Dtype::F16 => 1.0 / (1 << 10) as f64,
+            Dtype::Bf16 => 1.0 / (1 << 7) as f64,
+        }
+    }
+}
+
+/// The element types the report stores, with conversions through f32
+/// (`softmax::Element` keeps its own hidden).
+trait Storage: Element {
+    const DTYPE: Dtype;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Storage for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Storage for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Storage for bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// Input and output element types of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pair {
+    input: Dtype,
+    output: Dtype,
+}
+
+impl Pair {
+    const F32: Pair = Pair::same(Dtype::F32);
+
+    const fn same(dtype: Dtype) -> Pair {
+        Pair {
+            input: dtype,
+            output: dtype,
+        }
+    }
+
+    /// "f16" (same in and out) or "f32-f16" (in-out).
+    fn parse(text: &str) -> Result<Pair, String> {
+        match text.split_once(['-', '→']) {
+            Some((input, output)) => Ok(Pair {
+                input: Dtype::parse(input)?,
+                output: Dtype::parse(output)?,
+            }),
+            None => Dtype::parse(text).map(Pair::same),
+        }
+    }
+}
+
+impl fmt::Display for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&format!("{}→{}", self.input.name(), self.output.name()))
+    }
+}
+
 struct Config {
     shapes: Vec<Shape>,
     isas: Vec<Isa>,
@@ -125,6 +292,10 @@ struct Config {
     seconds: Option<f64>,
     samples: usize,
     out: PathBuf,
+    /// The half-precision table: its element pairs (f32→f32 among them, or
+    /// none) and its shapes.
+    pairs: Vec<Pair>,
+    half_shapes: Vec<Shape>,
 }
 
 /// Parses the flags by hand (no clap: the report may only use the crate's dependencies).
@@ -142,6 +313,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
         seconds: None,
         samples: DEFAULT_SAMPLES,
         out: PathBuf::from("report-out"),
+        pairs: ALL_PAIRS.to_vec(),
+        half_shapes: Vec::new(),
     };
     let (mut quick, mut shapes_given, mut seconds_given, mut samples_given) =
         (false, false, false, false);
@@ -190,6 +363,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
                 samples_given = true;
             }
             "--out" => config.out = PathBuf::from(value()?),
+            "--elements" => {
+                config.pairs = match value()?.trim() {
+                    "none" => Vec::new(),
+                    pairs => list(pairs, Pair::parse)?,
+                }
+            }
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
@@ -209,6 +388,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
         }
     }
     config.threads.dedup();
+    if !config.pairs.is_empty() && !config.pairs.contains(&Pair::F32) {
+        config.pairs.insert(0, Pair::F32);
+    }
+    config.half_shapes = match (config.pairs.is_empty(), shapes_given) {
+        (true, _) => Vec::new(),
+        (false, true) => config.shapes.clone(),
+        (false, false) => config
+            .shapes
+            .iter()
+            .copied()
+            .filter(|s| HALF_SHAPES.contains(&(s.rows, s.cols)))
+            .collect(),
+    };
     Ok(Some(config))
 }
 
@@ -382,14 +574,6 @@ impl Op {
             Op::Softmax(_, a) | Op::LogSoftmax(_, a) | Op::LogSumExp(_, a) => a.name(),
         }
     }
-
-    /// Bytes each element costs when read and written once: logsumexp only reads.
-    fn bytes_per_element(self) -> f64 {
-        match self {
-            Op::LogSumExp(..) => 4.0,
-            _ => 8.0,
-        }
-    }
 }
 
 /// The operations measured for one (shape, thread count), yardsticks first.
@@ -460,30 +644,41 @@ struct Workload {
     out_of_cache: bool,
 }
 
+/// One call touches x and y, f32 each. Over half the LLC does not stay resident
+/// (other data, associativity, AMD's victim L3), so treat it as memory.
+fn out_of_cache(shape: Shape, llc_bytes: usize) -> bool {
+    shape.elements() * 8 > llc_bytes / 2
+}
+
+/// Out of cache, rotate through sets totalling ≥ 2 × LLC so a set is evicted
+/// before it comes round again: more sets when the element types are narrower.
+fn buffer_sets(out_of_cache: bool, footprint: usize, llc_bytes: usize) -> usize {
+    match out_of_cache {
+        true => (2 * llc_bytes).div_ceil(footprint).max(1),
+        false => 1,
+    }
+}
+
+/// Logits uniform in ±LOGIT_RANGE, the same for every shape of this many elements.
+fn logits(count: usize) -> Vec<f32> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    (0..count)
+        .map(|_| {
+            // xorshift64*: reproducible, and no dependency for random numbers.
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            let unit = (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1 << 24) as f32;
+            (2.0 * unit - 1.0) * LOGIT_RANGE
+        })
+        .collect()
+}
+
 impl Workload {
     fn new(shape: Shape, llc_bytes: usize) -> Self {
-        // One call touches x and y. Over half the LLC does not stay resident
-        // (other data, associativity, AMD's victim L3), so treat it as memory;
-        // then rotate through sets totalling ≥ 2 × LLC so a set is evicted
-        // before it comes round again.
-        let footprint = shape.elements() * 8;
-        let out_of_cache = footprint > llc_bytes / 2;
-        let sets = match out_of_cache {
-            true => (2 * llc_bytes).div_ceil(footprint).max(1),
-            false => 1,
-        };
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let logits: Vec<f32> = (0..shape.elements())
-            .map(|_| {
-                // xorshift64*: reproducible, and no dependency for random numbers.
-                rng ^= rng >> 12;
-                rng ^= rng << 25;
-                rng ^= rng >> 27;
-                let unit =
-                    (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1 << 24) as f32;
-                (2.0 * unit - 1.0) * LOGIT_RANGE
-            })
-            .collect();
+        let out_of_cache = out_of_cache(shape, llc_bytes);
+        let sets = buffer_sets(out_of_cache, shape.elements() * 8, llc_bytes);
+        let logits = logits(shape.elements());
         // Written, not just allocated, so page faults are not timed.
         let y = (0..sets)
             .map(|_| vec![f32::NAN; shape.elements()])
@@ -529,16 +724,144 @@ impl Workload {
         };
         result.unwrap_or_else(|e| panic!("{} refused a valid call: {e}", op.name()));
     }
+}
+
+/// Half-precision inputs and outputs for one shape and element pair: softmax
+/// only, so no logsumexp buffers. The sets are sized by this pair's bytes.
+struct Typed<I, O> {
+    shape: Shape,
+    x: Vec<Vec<I>>,
+    y: Vec<Vec<O>>,
+    out_of_cache: bool,
+}
+
+impl<I: Storage, O: Storage> Typed<I, O> {
+    fn new(shape: Shape, logits: &[f32], llc_bytes: usize) -> Self {
+        // In or out of cache as the f32 table has it, so every pair of a shape
+        // is on the same side; a half-precision pair gets more sets instead.
+        let out_of_cache = out_of_cache(shape, llc_bytes);
+        let footprint = shape.elements() * (I::DTYPE.bytes() + O::DTYPE.bytes());
+        let sets = buffer_sets(out_of_cache, footprint, llc_bytes);
+        let x: Vec<I> = logits.iter().map(|&v| I::from_f32(v)).collect();
+        Self {
+            shape,
+            x: vec![x; sets],
+            y: vec![vec![O::from_f32(f32::NAN); shape.elements()]; sets],
+            out_of_cache,
+        }
+    }
+
+    fn sets(&self) -> usize {
+        self.x.len()
+    }
+}
+
+/// What `measure` times: calls on blocks of rows of one shape, in buffer sets.
+trait Timed {
+    fn shape(&self) -> Shape;
+    fn sets(&self) -> usize;
+
+    /// One call on `count` rows from `at`.
+    fn run(&mut self, at: Slot, count: usize);
+
+    /// One call on the first `count` rows of set 0, with their outputs poisoned
+    /// with NaN first so a skipped element cannot pass: its seconds, and its
+    /// error against the scalar ISA.
+    fn checked_call(&mut self, count: usize) -> (f64, f64);
 
     /// Where the `call`-th call of `block` rows works: consecutive blocks of
     /// one set, then the next set, so memory is cold again when a block comes round.
     fn slot(&self, block: usize, call: usize) -> Slot {
-        let blocks = self.shape.rows / block;
+        let blocks = self.shape().rows / block;
         let index = call % (blocks * self.sets());
         Slot {
             set: index / blocks,
             row: index % blocks * block,
         }
+    }
+}
+
+/// An op of the f32 table on its workload.
+struct OpRun<'a> {
+    work: &'a mut Workload,
+    reference: &'a Reference,
+    op: Op,
+    options: &'a Softmax,
+    pool: Option<&'a ThreadPool>,
+}
+
+impl Timed for OpRun<'_> {
+    fn shape(&self) -> Shape {
+        self.work.shape
+    }
+
+    fn sets(&self) -> usize {
+        self.work.sets()
+    }
+
+    fn run(&mut self, at: Slot, count: usize) {
+        self.work.run(self.op, self.options, at, count, self.pool)
+    }
+
+    fn checked_call(&mut self, count: usize) -> (f64, f64) {
+        let (op, reference) = (self.op, self.reference);
+        let work = &mut *self.work;
+        let elements = 0..count * work.shape.cols;
+        work.y[0][elements.clone()].fill(f32::NAN);
+        work.lse[0][..count].fill(f32::NAN);
+        let start = Slot { set: 0, row: 0 };
+        let one_call = seconds_of(|| work.run(op, self.options, start, count, self.pool));
+        let error = match op {
+            Op::CopyScale => {
+                let x = &work.x[0][elements.clone()];
+                let want: Vec<f32> = x.iter().map(|&v| COPY_SCALE_FACTOR * v).collect();
+                max_error(&work.y[0][elements], &want)
+            }
+            Op::Naive | Op::Softmax(..) => {
+                max_error(&work.y[0][elements.clone()], &reference.softmax[elements])
+            }
+            Op::LogSoftmax(..) => max_error(
+                &work.y[0][elements.clone()],
+                &reference.log_softmax[elements],
+            ),
+            Op::LogSumExp(..) => max_error(&work.lse[0][..count], &reference.logsumexp[..count]),
+        };
+        (one_call, error)
+    }
+}
+
+/// Softmax of a half-precision table pair; `want` is the scalar ISA's softmax
+/// of the input as stored (rounded to the input type), in f32.
+struct TypedRun<'a, I, O> {
+    work: &'a mut Typed<I, O>,
+    want: &'a [f32],
+    options: &'a Softmax,
+}
+
+impl<I: Storage, O: Storage> Timed for TypedRun<'_, I, O> {
+    fn shape(&self) -> Shape {
+        self.work.shape
+    }
+
+    fn sets(&self) -> usize {
+        self.work.sets()
+    }
+
+    fn run(&mut self, at: Slot, count: usize) {
+        let cols = self.work.shape.cols;
+        let elements = at.row * cols..(at.row + count) * cols;
+        let x = Rows::contiguous(&self.work.x[at.set][elements.clone()], cols).expect("whole rows");
+        let y = RowsMut::contiguous(&mut self.work.y[at.set][elements], cols).expect("whole rows");
+        let result = self.options.softmax_rows(x, y);
+        result.unwrap_or_else(|e| panic!("softmax refused a valid call: {e}"));
+    }
+
+    fn checked_call(&mut self, count: usize) -> (f64, f64) {
+        let elements = 0..count * self.work.shape.cols;
+        self.work.y[0][elements.clone()].fill(O::from_f32(f32::NAN));
+        let one_call = seconds_of(|| self.run(Slot { set: 0, row: 0 }, count));
+        let error = max_error(&self.work.y[0][elements.clone()], &self.want[elements]);
+        (one_call, error)
     }
 }
 
@@ -582,11 +905,31 @@ impl Reference {
     }
 }
 
-/// max |got − want| / max(1, |want|); infinite if anything is NaN.
-fn max_error(got: &[f32], want: &[f32]) -> f64 {
+/// The scalar ISA's softmax of `logits` stored as `input` (what the kernels read), in f32.
+fn reference_softmax(input: Dtype, logits: &[f32], cols: usize) -> Vec<f32> {
+    let scalar = Softmax::new()
+        .isa(Isa::Scalar)
+        .expect("the scalar ISA is always available")
+        .algorithm(Algorithm::ThreePass)
+        .parallelism(Parallelism::Serial);
+    let x: Vec<f32> = logits.iter().map(|&v| input.round(v)).collect();
+    let mut y = vec![0.0; x.len()];
+    scalar
+        .softmax_rows(
+            Rows::contiguous(x.as_slice(), cols).unwrap(),
+            RowsMut::contiguous(&mut y, cols).unwrap(),
+        )
+        .unwrap();
+    y
+}
+
+/// max |got − want| / max(1, |want|) for f32 outputs, / max(|want|, 2^-14) for
+/// half-precision ones (then compared with one unit in their last place);
+/// infinite if anything is NaN.
+fn max_error<O: Storage>(got: &[O], want: &[f32]) -> f64 {
     let mut worst = 0.0f64;
     for (&g, &w) in got.iter().zip(want) {
-        let err = (g as f64 - w as f64).abs() / (w as f64).abs().max(1.0);
+        let err = (g.to_f32() as f64 - w as f64).abs() / O::DTYPE.error_scale(w as f64);
         if err.is_nan() {
             return f64::INFINITY;
         }
@@ -620,7 +963,7 @@ fn seconds_of(f: impl FnOnce()) -> f64 {
     start.elapsed().as_secs_f64().max(1e-9)
 }
 
-/// Checks `op` once and times it for about `seconds`.
+/// Checks `job` once and times it for about `seconds`.
 ///
 /// A slow configuration on a big batch (the scalar ISA on 512×32000 takes
 /// seconds per call) cannot afford even a few whole-batch calls, so a probe
@@ -628,47 +971,20 @@ fn seconds_of(f: impl FnOnce()) -> f64 {
 /// rows sized to one sample. Consecutive calls walk through the batch (and the
 /// buffer sets), so blocks of an out-of-cache shape still meet cold memory.
 /// The median sample is kept, which shrugs off one disturbed by another process.
-fn measure(
-    work: &mut Workload,
-    reference: &Reference,
-    (op, options, pool): (Op, &Softmax, Option<&ThreadPool>),
-    seconds: f64,
-    samples: usize,
-) -> Measurement {
-    let Shape { rows, cols } = work.shape;
+fn measure(job: &mut impl Timed, seconds: f64, samples: usize) -> Measurement {
+    let Shape { rows, cols } = job.shape();
     let start = Slot { set: 0, row: 0 };
 
     // The probe doubles as the warm-up (code, pool threads, page tables).
     let probe_rows = rows.min(PROBE_ELEMENTS.div_ceil(cols));
-    let per_row = seconds_of(|| work.run(op, options, start, probe_rows, pool)) / probe_rows as f64;
+    let per_row = seconds_of(|| job.run(start, probe_rows)) / probe_rows as f64;
     let block_rows = match per_row * rows as f64 <= seconds / MIN_SAMPLES as f64 {
         true => rows,
         false => ((seconds / samples as f64 / per_row) as usize).clamp(probe_rows, rows),
     };
 
-    // The check: one block on NaN-poisoned output, so a skipped element cannot pass.
-    let elements = 0..block_rows * cols;
-    work.y[0][elements.clone()].fill(f32::NAN);
-    work.lse[0][..block_rows].fill(f32::NAN);
-    let one_call = seconds_of(|| work.run(op, options, start, block_rows, pool));
-    let error = match op {
-        Op::CopyScale => {
-            let x = &work.x[0][elements.clone()];
-            let want: Vec<f32> = x.iter().map(|&v| COPY_SCALE_FACTOR * v).collect();
-            max_error(&work.y[0][elements], &want)
-        }
-        Op::Naive | Op::Softmax(..) => {
-            max_error(&work.y[0][elements.clone()], &reference.softmax[elements])
-        }
-        Op::LogSoftmax(..) => max_error(
-            &work.y[0][elements.clone()],
-            &reference.log_softmax[elements],
-        ),
-        Op::LogSumExp(..) => max_error(
-            &work.lse[0][..block_rows],
-            &reference.logsumexp[..block_rows],
-        ),
-    };
+    // The check: one block, which also times one call.
+    let (one_call, error) = job.checked_call(block_rows);
 
     // Slow whole-batch calls get fewer samples (down to MIN_SAMPLES) rather than overrun.
     let samples = ((seconds / one_call) as usize).clamp(MIN_SAMPLES.min(samples), samples);
@@ -678,8 +994,8 @@ fn measure(
         .map(|_| {
             let sample = seconds_of(|| {
                 for _ in 0..calls_per_sample {
-                    let at = work.slot(block_rows, call);
-                    work.run(op, options, at, block_rows, pool);
+                    let at = job.slot(block_rows, call);
+                    job.run(at, block_rows);
                     call += 1;
                 }
             });
@@ -712,25 +1028,31 @@ fn measure_group(
             Op::Softmax(i, a) | Op::LogSoftmax(i, a) | Op::LogSumExp(i, a) => (i, a),
             Op::Naive | Op::CopyScale => (Isa::Scalar, Algorithm::Auto),
         };
-        let parallelism = match &pool {
-            Some(pool) => Parallelism::Pool(pool.clone()),
-            None => Parallelism::Serial,
-        };
         let options = Softmax::new()
             .isa(isa)
             .expect("ISAs were checked when parsed")
             .algorithm(algorithm)
-            .parallelism(parallelism);
-        let job = (op, &options, pool.as_deref());
+            .parallelism(parallelism(&pool));
+        let (shape, out_of_cache, buffer_sets) = (work.shape, work.out_of_cache, work.sets());
+        let mut job = OpRun {
+            work,
+            reference,
+            op,
+            options: &options,
+            pool: pool.as_deref(),
+        };
         group.push(Record {
-            shape: work.shape,
+            shape,
             op,
             threads,
-            out_of_cache: work.out_of_cache,
-            buffer_sets: work.sets(),
-            m: measure(work, reference, job, seconds, samples),
+            out_of_cache,
+            buffer_sets,
+            m: measure(&mut job, seconds, samples),
             vs_naive: f64::NAN,
             vs_copy: f64::NAN,
+            section: Section::Main,
+            elements: Pair::F32,
+            vs_f32: f64::NAN,
         });
     }
     let rate_of = |wanted: Op| {
@@ -745,7 +1067,142 @@ fn measure_group(
     group
 }
 
+/// 1 thread: `Parallelism::Serial`; n: the pool of n threads.
+fn parallelism(pool: &Option<Arc<ThreadPool>>) -> Parallelism {
+    match pool {
+        Some(pool) => Parallelism::Pool(pool.clone()),
+        None => Parallelism::Serial,
+    }
+}
+
+/// The half-precision table for one shape: softmax, auto, detected ISA, every
+/// element pair with every thread count, then each throughput ÷ f32→f32's with
+/// the same thread count. Rows come out by thread count, then pair.
+fn measure_half_shape(
+    shape: Shape,
+    pairs: &[Pair],
+    pools: &[(usize, Option<Arc<ThreadPool>>)],
+    llc_bytes: usize,
+    (seconds, samples): (f64, usize),
+) -> Vec<Record> {
+    let logits = logits(shape.elements());
+    let mut wants: Vec<(Dtype, Vec<f32>)> = Vec::new();
+    let mut records = Vec::new();
+    for &pair in pairs {
+        if !wants.iter().any(|(d, _)| *d == pair.input) {
+            wants.push((
+                pair.input,
+                reference_softmax(pair.input, &logits, shape.cols),
+            ));
+        }
+        let want = &wants.iter().find(|(d, _)| *d == pair.input).unwrap().1;
+        let job = HalfJob {
+            shape,
+            logits: &logits,
+            want,
+            pools,
+            llc_bytes,
+            seconds,
+            samples,
+        };
+        records.extend(job.measure(pair));
+    }
+    for i in 0..records.len() {
+        let baseline = records
+            .iter()
+            .find(|b| b.threads == records[i].threads && b.elements == Pair::F32);
+        records[i].vs_f32 =
+            records[i].elements_per_s() / baseline.map_or(f64::NAN, Record::elements_per_s);
+    }
+    records.sort_by_key(|r| pools.iter().position(|(n, _)| *n == r.threads));
+    records
+}
+
+/// One element pair of the half-precision table on one shape.
+struct HalfJob<'a> {
+    shape: Shape,
+    logits: &'a [f32],
+    want: &'a [f32],
+    pools: &'a [(usize, Option<Arc<ThreadPool>>)],
+    llc_bytes: usize,
+    seconds: f64,
+    samples: usize,
+}
+
+impl HalfJob<'_> {
+    /// Monomorphises on the pair: the API is generic over its element types.
+    fn measure(&self, pair: Pair) -> Vec<Record> {
+        match pair.input {
+            Dtype::F32 => self.measure_from::<f32>(pair.output),
+            Dtype::F16 => self.measure_from::<f16>(pair.output),
+            Dtype::Bf16 => self.measure_from::<bf16>(pair.output),
+        }
+    }
+
+    fn measure_from<I: Storage>(&self, output: Dtype) -> Vec<Record> {
+        match output {
+            Dtype::F32 => self.measure_typed::<I, f32>(),
+            Dtype::F16 => self.measure_typed::<I, f16>(),
+            Dtype::Bf16 => self.measure_typed::<I, bf16>(),
+        }
+    }
+
+    fn measure_typed<I: Storage, O: Storage>(&self) -> Vec<Record> {
+        let mut work = Typed::<I, O>::new(self.shape, self.logits, self.llc_bytes);
+        let op = Op::Softmax(Isa::detect(), Algorithm::Auto);
+        let mut records = Vec::new();
+        for (threads, pool) in self.pools {
+            let options = Softmax::new()
+                .isa(Isa::detect())
+                .expect("the detected ISA is available")
+                .algorithm(Algorithm::Auto)
+                .parallelism(parallelism(pool));
+            let (out_of_cache, buffer_sets) = (work.out_of_cache, work.sets());
+            let mut job = TypedRun {
+                work: &mut work,
+                want: self.want,
+                options: &options,
+            };
+            records.push(Record {
+                shape: self.shape,
+                op,
+                threads: *threads,
+                out_of_cache,
+                buffer_sets,
+                m: measure(&mut job, self.seconds, self.samples),
+                vs_naive: f64::NAN,
+                vs_copy: f64::NAN,
+                section: Section::HalfPrecision,
+                elements: Pair {
+                    input: I::DTYPE,
+                    output: O::DTYPE,
+                },
+                vs_f32: f64::NAN,
+            });
+        }
+        records
+    }
+}
+
 // ---------------------------------------------------------------- results
+
+/// Which table a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    /// Every ISA × algorithm × op, f32 in and out.
+    Main,
+    /// Softmax, auto, detected ISA, by element types.
+    HalfPrecision,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Main => "main",
+            Section::HalfPrecision => "half-precision",
+        }
+    }
+}
 
 struct Record {
     shape: Shape,
@@ -757,6 +1214,10 @@ struct Record {
     /// Throughput relative to the naive loop and to copy-scale, same shape and threads.
     vs_naive: f64,
     vs_copy: f64,
+    section: Section,
+    elements: Pair,
+    /// Half-precision table: throughput ÷ f32→f32's, same shape and threads.
+    vs_f32: f64,
 }
 
 impl Record {
@@ -766,14 +1227,25 @@ impl Record {
     fn gelem(&self) -> f64 {
         self.elements_per_s() / 1e9
     }
+    /// Bytes each element costs when read and written once: logsumexp only reads.
+    fn bytes_per_element(&self) -> f64 {
+        let (input, output) = (self.elements.input.bytes(), self.elements.output.bytes());
+        match self.op {
+            Op::LogSumExp(..) => input as f64,
+            _ => (input + output) as f64,
+        }
+    }
     fn gbytes(&self) -> f64 {
-        self.elements_per_s() * self.op.bytes_per_element() / 1e9
+        self.elements_per_s() * self.bytes_per_element() / 1e9
+    }
+    fn tolerance(&self) -> f64 {
+        self.elements.output.tolerance()
     }
     fn ok(&self) -> bool {
         // Copy-scale must be exact; everything else within the tolerance.
         match self.op {
             Op::CopyScale => self.m.error == 0.0,
-            _ => self.m.error <= TOLERANCE,
+            _ => self.m.error <= self.tolerance(),
         }
     }
 }
@@ -781,12 +1253,18 @@ impl Record {
 const TABLE_HEADER: &str =
     "shape        rows/call  op           algorithm   isa     thr   Gelem/s     GB/s  ×naive   ×copy    max|Δ|";
 
-fn table_row(r: &Record) -> String {
-    let err = match r.m.error {
+fn error_text(error: f64) -> String {
+    match error {
         0.0 => "0".to_string(),
         e if e.is_finite() => format!("{e:.1e}"),
         _ => "NaN".to_string(),
-    };
+    }
+}
+
+fn table_row(r: &Record) -> String {
+    if r.section == Section::HalfPrecision {
+        return half_row(r);
+    }
     format!(
         "{:<12} {:>9}  {:<12} {:<11} {:<7} {:>3} {:>9.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {}",
         r.shape,
@@ -799,17 +1277,76 @@ fn table_row(r: &Record) -> String {
         r.gbytes(),
         r.vs_naive,
         r.vs_copy,
-        err,
+        error_text(r.m.error),
         if r.ok() { "✓" } else { "✗" }
     )
 }
 
+const HALF_TABLE_HEADER: &str =
+    "shape        cache  thr  in→out     sets   Gelem/s     GB/s    ×f32  target        max|Δ|";
+
+/// The issue's targets for f16→f16 and bf16→bf16 against f32→f32: in cache the
+/// conversions must cost little, out of cache half the bytes must show.
+fn half_target(r: &Record) -> Option<f64> {
+    let same_half = r.elements.input == r.elements.output && r.elements.input != Dtype::F32;
+    same_half.then_some(if r.out_of_cache { 1.6 } else { 0.9 })
+}
+
+fn half_row(r: &Record) -> String {
+    let target = match half_target(r) {
+        Some(t) if r.vs_f32 >= t => format!("≥{t:.1} met"),
+        Some(t) => format!("≥{t:.1} missed"),
+        None => String::new(),
+    };
+    format!(
+        "{:<12} {:<5} {:>4}  {:<10} {:>4} {:>9.3} {:>8.2} {:>7.2}  {:<11} {:>8} {}",
+        r.shape,
+        if r.out_of_cache { "out" } else { "in" },
+        r.threads,
+        r.elements,
+        r.buffer_sets,
+        r.gelem(),
+        r.gbytes(),
+        r.vs_f32,
+        target,
+        error_text(r.m.error),
+        if r.ok() { "✓" } else { "✗" }
+    )
+}
+
+/// What the half-precision table measured and how to read it.
+fn print_half_header(config: &Config) {
+    println!(
+        "half precision: softmax, auto on {} (the detected ISA), by element types in→out",
+        Isa::detect()
+    );
+    println!("  input      the same logits as above, rounded to the input type; arithmetic is f32");
+    println!(
+        "  ×f32       Gelem/s ÷ f32→f32's on the same shape and threads in this run; \
+         target (f16→f16, bf16→bf16): ≥ 0.9 in cache, ≥ 1.6 out of cache"
+    );
+    println!(
+        "  GB/s       bytes of the input and output types, each element read and written once"
+    );
+    println!(
+        "  cache      out: buffer sets totalling ≥ 2 × LLC rotated (more sets for narrower types), as above"
+    );
+    println!(
+        "  check      output widened to f32 vs the scalar ISA's softmax of the input as stored: \
+         max|Δ| is |Δ|/max(1,|ref|) ≤ {TOLERANCE:e} for f32 out, |Δ|/max(|ref|,2^-14) ≤ 2^-10 for f16 out, ≤ 2^-7 for bf16 out"
+    );
+    if config.threads.iter().any(|&t| t > 1) {
+        println!("  threads    1 = Parallelism::Serial, n = rayon pool of n, as above");
+    }
+}
+
 const CSV_HEADER: &str = "shape,rows,cols,op,algorithm,isa,threads,out_of_cache,buffer_sets,\
-rows_per_call,seconds_per_call,gelem_per_s,gbytes_per_s,vs_naive,vs_copy_scale,max_error,ok,samples,calls_per_sample";
+rows_per_call,seconds_per_call,gelem_per_s,gbytes_per_s,vs_naive,vs_copy_scale,max_error,ok,samples,calls_per_sample,\
+section,in_type,out_type,vs_f32,tolerance";
 
 fn csv_row(r: &Record) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{},{},{},{},{:.4},{:e}",
         r.shape,
         r.shape.rows,
         r.shape.cols,
@@ -828,7 +1365,12 @@ fn csv_row(r: &Record) -> String {
         r.m.error,
         r.ok(),
         r.m.samples,
-        r.m.calls_per_sample
+        r.m.calls_per_sample,
+        r.section.name(),
+        r.elements.input.name(),
+        r.elements.output.name(),
+        r.vs_f32,
+        r.tolerance()
     )
 }
 
@@ -935,7 +1477,15 @@ fn json_document(machine: &Machine, config: &Config, seconds: f64, records: &[Re
         .iter()
         .map(|t| t.to_string())
         .collect::<Vec<_>>();
-    let _ = writeln!(out, "    \"threads\": [{}]", threads.join(", "));
+    let _ = writeln!(out, "    \"threads\": [{}],", threads.join(", "));
+    let pairs = config
+        .pairs
+        .iter()
+        .map(|p| format!("{}-{}", p.input.name(), p.output.name()))
+        .collect();
+    let _ = writeln!(out, "    \"half_precision_pairs\": {},", strings(pairs));
+    let shapes = config.half_shapes.iter().map(|s| s.to_string()).collect();
+    let _ = writeln!(out, "    \"half_precision_shapes\": {}", strings(shapes));
     let _ = writeln!(out, "  }},");
     let _ = writeln!(out, "  \"results\": [");
     for (i, r) in records.iter().enumerate() {
@@ -959,6 +1509,11 @@ fn json_document(machine: &Machine, config: &Config, seconds: f64, records: &[Re
             ("ok", r.ok().to_string()),
             ("samples", r.m.samples.to_string()),
             ("calls_per_sample", r.m.calls_per_sample.to_string()),
+            ("section", json_string(r.section.name())),
+            ("in_type", json_string(r.elements.input.name())),
+            ("out_type", json_string(r.elements.output.name())),
+            ("vs_f32", json_number(r.vs_f32)),
+            ("tolerance", json_number(r.tolerance())),
         ];
         let body: Vec<String> = fields
             .iter()
@@ -995,11 +1550,17 @@ fn chart(records: &[Record], config: &Config) -> String {
         Op::Softmax(Isa::Avx512, _) => "10,3,2,3",
         _ => "",
     };
+    // The f32 table only: the half-precision one repeats auto on other element types.
+    let records: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.section == Section::Main)
+        .collect();
     let charted = |op: Op| matches!(op, Op::Naive | Op::CopyScale | Op::Softmax(..));
     let mut panels = Vec::new();
     for &threads in &config.threads {
         let here: Vec<&Record> = records
             .iter()
+            .copied()
             .filter(|r| r.threads == threads && charted(r.op))
             .collect();
         if here.is_empty() {
@@ -1195,11 +1756,17 @@ fn main() {
         busy_after: None,
     };
     let ops = ops(&config);
+    let half_configurations: usize = config
+        .half_shapes
+        .iter()
+        .map(|&s| thread_counts(&config, s).len() * config.pairs.len())
+        .sum();
     let configurations: usize = config
         .shapes
         .iter()
         .map(|&s| thread_counts(&config, s).len() * ops.len())
-        .sum();
+        .sum::<usize>()
+        + half_configurations;
     let seconds = config
         .seconds
         .unwrap_or((DEFAULT_BUDGET_S / configurations as f64).clamp(0.02, 0.3));
@@ -1214,6 +1781,13 @@ fn main() {
             (n, pool)
         })
         .collect();
+    let pools_for = |shape: Shape| -> Vec<(usize, Option<Arc<ThreadPool>>)> {
+        let pool = |threads| pools.iter().find(|(n, _)| *n == threads).unwrap().clone();
+        thread_counts(&config, shape)
+            .into_iter()
+            .map(pool)
+            .collect()
+    };
 
     print_header(&machine, &config, seconds);
     println!();
@@ -1235,11 +1809,7 @@ fn main() {
             thread_counts(&config, shape).len() * ops.len(),
             started.elapsed().as_secs_f64()
         );
-        for threads in thread_counts(&config, shape) {
-            let pool = pools
-                .iter()
-                .find(|(n, _)| *n == threads)
-                .and_then(|(_, p)| p.clone());
+        for (threads, pool) in pools_for(shape) {
             let group = measure_group(
                 &mut work,
                 &reference,
@@ -1258,6 +1828,41 @@ fn main() {
     }
 
     print_summary(&records);
+
+    // After the summary, which covers the f32 table only; the records join the files.
+    if !config.half_shapes.is_empty() {
+        print_half_header(&config);
+        println!();
+        println!("{HALF_TABLE_HEADER}");
+    }
+    for (index, &shape) in config.half_shapes.iter().enumerate() {
+        let pools = pools_for(shape);
+        let cache_note = match out_of_cache(shape, llc_bytes) {
+            true => "out of cache",
+            false => "in cache",
+        };
+        eprintln!(
+            "[half {}/{}] {shape} ({cache_note}): {} configurations; {done}/{configurations} done, {:.1} s elapsed",
+            index + 1,
+            config.half_shapes.len(),
+            pools.len() * config.pairs.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let group = measure_half_shape(
+            shape,
+            &config.pairs,
+            &pools,
+            llc_bytes,
+            (seconds, config.samples),
+        );
+        done += group.len();
+        for record in group {
+            println!("{}", half_row(&record));
+            records.push(record);
+        }
+        println!();
+    }
+
     machine.busy_after = busy_cores();
     let failed: Vec<&Record> = records.iter().filter(|r| !r.ok()).collect();
     let mut csv = format!("{CSV_HEADER}\n");
@@ -1341,6 +1946,43 @@ mod tests {
         let c = parse_args(args("--quick --seconds 1")).unwrap().unwrap();
         assert_eq!(c.seconds, Some(1.0));
         assert_eq!(c.shapes.len(), QUICK_SHAPES.len());
+    }
+
+    #[test]
+    fn elements_flag() {
+        let c = parse_args(args("--elements bf16,f16-f32"))
+            .unwrap()
+            .unwrap();
+        let bf16 = Pair::same(Dtype::Bf16);
+        let f16_f32 = Pair {
+            input: Dtype::F16,
+            output: Dtype::F32,
+        };
+        // f32→f32, the yardstick, joins the list.
+        assert_eq!(c.pairs, [Pair::F32, bf16, f16_f32]);
+        assert_eq!(c.half_shapes.len(), HALF_SHAPES.len());
+        let c = parse_args(args("--shapes 2x8 --elements none"))
+            .unwrap()
+            .unwrap();
+        assert!(c.pairs.is_empty() && c.half_shapes.is_empty());
+        let c = parse_args(args("--shapes 2x8")).unwrap().unwrap();
+        assert_eq!(c.half_shapes, [Shape { rows: 2, cols: 8 }]);
+        assert_eq!(f16_f32.to_string(), "f16→f32");
+        assert!(parse_args(args("--elements f64")).is_err());
+    }
+
+    #[test]
+    fn one_rounding_is_within_the_half_tolerances() {
+        for dtype in [Dtype::F16, Dtype::Bf16] {
+            for &v in &[1.0f32, 0.3, 1e-3, 7e-5, 3e-6, 1e-9, 0.0] {
+                let err = (dtype.round(v) as f64 - v as f64).abs() / dtype.error_scale(v as f64);
+                assert!(
+                    err <= dtype.tolerance() / 2.0,
+                    "{} {v}: {err:e}",
+                    dtype.name()
+                );
+            }
+        }
     }
 
     #[test]
