@@ -71,21 +71,11 @@ impl Batch for LogSumExp<'_> {
     fn split_at(self, k: usize) -> (Self, Self) {
         let (xa, xb) = self.x.split_at(k);
         let (oa, ob) = self.out.split_at(xa.rows());
-        let half = |x, out| LogSumExp {
-            x,
-            out,
-            scratch: &mut [],
-            ..self
-        };
+        let half = |x, out| LogSumExp { x, out, ..self };
         (half(xa, oa), half(xb, ob))
     }
     fn run(self, isa: Isa) {
-        match self.scratch_len() {
-            0 => dispatch::run(isa, self),
-            len => with_scratch(len, |scratch| {
-                dispatch::run(isa, LogSumExp { scratch, ..self })
-            }),
-        }
+        dispatch::run(isa, self)
     }
 }
 

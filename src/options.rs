@@ -220,7 +220,6 @@ impl Softmax {
             temperature: self.temperature,
             x: Strided::new(T::any(x), 1, n, n),
             out: AnySliceMut::F32(&mut out),
-            scratch: &mut [],
         };
         batch::run(job, n, self.isa, &Parallelism::Serial);
         Ok(out[0])
@@ -275,7 +274,6 @@ impl Softmax {
             temperature: self.temperature,
             x: x.kernel_view(),
             out: O::any_mut(&mut out[..x.rows]),
-            scratch: &mut [],
         };
         batch::run(job, cols, self.isa, &self.parallelism);
         Ok(())

@@ -247,26 +247,32 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// The working space the job needs: a [`Stage`] when a row is f16 or bf16,
-    /// and a row of f32 exponentials for a three-pass softmax whose output is
-    /// not f32; nothing for f32 rows.
+    /// The working space the job needs: a [`Stage`] from f16 rows into bf16
+    /// or back, and a row of f32 exponentials for a three-pass softmax whose
+    /// output is not f32; nothing for f32 rows.
     pub fn scratch_len(&self) -> usize {
-        let x_f32 = match &self.x {
-            Some(x) => x.kind() == Kind::F32,
-            None => true,
+        let (stage, exps) = self.scratch_parts();
+        stage + exps
+    }
+
+    /// (stage, exponentials) lengths of the scratch space.
+    fn scratch_parts(&self) -> (usize, usize) {
+        // f16 into bf16 or back widens its input through a stage.
+        let cross = match &self.x {
+            Some(x) => {
+                let (i, o) = (x.kind(), self.y.kind());
+                i != Kind::F32 && o != Kind::F32 && i != o
+            }
+            None => false,
         };
-        let stage = if x_f32 && self.y.kind() == Kind::F32 {
-            0
-        } else {
-            Stage::LEN
-        };
+        let stage = if cross { Stage::LEN } else { 0 };
         let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
         let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
             self.y.cols()
         } else {
             0
         };
-        stage + exps
+        (stage, exps)
     }
 }
 
@@ -275,7 +281,7 @@ impl Job for Forward<'_> {
 
     #[inline(always)]
     fn run<A: Arch>(self, arch: A) {
-        let need = self.scratch_len();
+        let (stage_len, exps_len) = self.scratch_parts();
         let Forward {
             output,
             method,
@@ -290,7 +296,7 @@ impl Job for Forward<'_> {
                 "input and output shapes differ"
             );
         }
-        let (stage, exps) = scratch[..need].split_at_mut(need.min(Stage::LEN));
+        let (stage, exps) = scratch[..stage_len + exps_len].split_at_mut(stage_len);
         let mut stage = Stage::new(stage);
         for i in 0..y.rows {
             // A match, not Option::map: a closure would be compiled outside the
@@ -312,18 +318,6 @@ pub struct LogSumExp<'a> {
     pub temperature: Temperature,
     pub x: Strided<'a>,
     pub out: AnySliceMut<'a>,
-    /// At least [`LogSumExp::scratch_len`] f32 values of working space.
-    pub scratch: &'a mut [f32],
-}
-
-impl LogSumExp<'_> {
-    /// A [`Stage`] when the rows are f16 or bf16, else nothing.
-    pub fn scratch_len(&self) -> usize {
-        match self.x.kind() {
-            Kind::F32 => 0,
-            _ => Stage::LEN,
-        }
-    }
 }
 
 impl Job for LogSumExp<'_> {
@@ -332,8 +326,8 @@ impl Job for LogSumExp<'_> {
     #[inline(always)]
     fn run<A: Arch>(mut self, arch: A) {
         assert!(self.out.len() >= self.x.rows, "one output per row");
-        let need = self.scratch_len();
-        let mut stage = Stage::new(&mut self.scratch[..need]);
+        // Reading a row needs no stage, whatever its type.
+        let mut stage = Stage::new(&mut []);
         for i in 0..self.x.rows {
             let (method, t, xi) = (self.method, self.temperature, self.x.row(i));
             let value = row::logsumexp_row(arch, &mut stage, method, t, xi);

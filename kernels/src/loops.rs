@@ -14,16 +14,15 @@
 //! ([`Arch::region`]), so a loop is compiled once per kernel, not once per
 //! place that runs it.
 //!
-//! Rows are f32, f16 or bf16, and kernels see only f32 vectors: a
-//! half-precision row is widened a chunk at a time into an L1-resident f32
-//! stage, and results are rounded back to nearest even (see [`run`] and
-//! [`crate::storage`]). Tails never read or write outside the caller's slice:
+//! Rows are f32, f16 or bf16, and kernels see only f32 vectors: loads widen
+//! a half-precision row in registers and stores round to nearest even (see
+//! [`run`] and [`crate::storage`]). Tails never read or write outside the caller's slice:
 //! partial loads and stores touch only the lanes that exist, and the missing
 //! lanes are replaced by the kernel's fill value before the kernel sees them
 //! (a zero fill is wrong for max).
 
 use crate::arch::{Arch, Body, F32s};
-use crate::storage::{AnySlice, AnySliceMut, Kind, Storage};
+use crate::storage::{AnySlice, AnySliceMut, Storage};
 use pulp::Simd;
 
 /// Independent accumulators (and vectors in flight) per step.
@@ -75,35 +74,33 @@ impl<'a> Io<'a> {
     }
 }
 
-/// Elements converted per chunk when a row is f16 or bf16: the pass runs on
-/// f32 copies of one chunk at a time, which stay in L1. A multiple of every
-/// ISA's block (UNROLL vectors) times FLUSH_STEPS, so chunked passes add in the
-/// same order as unchunked ones and give the same bits.
+/// Elements converted per chunk when an f16 row is mapped onto a bf16 row or
+/// the reverse: the input is widened a chunk at a time into an L1-resident f32
+/// stage. A multiple of every ISA's block (UNROLL vectors) times FLUSH_STEPS,
+/// so a chunked pass adds in the same order as an unchunked one.
 pub const CHUNK: usize = 2048;
 
-/// Working space for passes over f16/bf16 rows: one chunk of input and one of
-/// output, as f32. Empty when every row is f32.
+/// Working space for passes from f16 to bf16 rows or back: one chunk of f32.
+/// Empty otherwise.
 pub struct Stage<'a> {
     x: &'a mut [f32],
-    y: &'a mut [f32],
 }
 
 impl<'a> Stage<'a> {
-    /// f32 values a stage needs: `2 * CHUNK`.
-    pub const LEN: usize = 2 * CHUNK;
+    /// f32 values a stage needs.
+    pub const LEN: usize = CHUNK;
 
-    /// Cuts the stage from `space`, which holds [`Stage::LEN`] values or none.
+    /// The stage in `space`, which holds [`Stage::LEN`] values or none.
     #[inline(always)]
     pub fn new(space: &'a mut [f32]) -> Self {
-        let (x, y) = space.split_at_mut(space.len() / 2);
-        Self { x, y }
+        Self { x: space }
     }
 }
 
-/// Runs `kernel` over the row in `io`. f32 rows are read and written in place
-/// in one go; an f16 or bf16 side goes through the stage a chunk at a time
-/// (widened on the way in, rounded to nearest even on the way out), so every
-/// pass has one loop body, compiled once, for every element type.
+/// Runs `kernel` over the row in `io`. Loads widen and stores round to nearest
+/// even in registers, for every pairing of f32 with f16 or bf16 and for f16 or
+/// bf16 with itself; only f16 into bf16 (or back) widens its input through the
+/// stage first. Each pairing is its own compiled loop, out of line.
 #[inline(always)]
 pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
     arch: A,
@@ -112,77 +109,66 @@ pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
     kernel: &mut K,
 ) {
     match io {
-        Io::Read(x) => {
-            for (start, end) in chunks(x.len(), x.kind() == Kind::F32) {
-                let xin = staged_input(arch, x.slice(start..end), stage.x);
-                in_region(arch, kernel, ReadOnly(Vectors::<A, f32>::new(xin)));
-            }
-        }
-        Io::Map(x, mut y) => {
+        Io::Read(AnySlice::F32(x)) => read(arch, kernel, x),
+        Io::Read(AnySlice::F16(x)) => read(arch, kernel, x),
+        Io::Read(AnySlice::BF16(x)) => read(arch, kernel, x),
+        Io::Map(x, y) => {
             assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
-            let direct = x.kind() == Kind::F32 && y.kind() == Kind::F32;
-            for (start, end) in chunks(y.len(), direct) {
-                let xin = staged_input(arch, x.slice(start..end), stage.x);
-                let (yout, narrow_into) = match y.reborrow().into_slice(start..end) {
-                    AnySliceMut::F32(y) => (y, None),
-                    other => (&mut stage.y[..end - start], Some(other)),
-                };
-                let w = VectorsMut::<A, f32>::new(yout);
-                // Equal lengths, stated where the optimiser can see them.
-                let r = Vectors::<A, f32>::new(xin).fit(w.blocks(), w.rest());
-                in_region(arch, kernel, Mapped { r, w });
-                if let Some(dst) = narrow_into {
-                    narrow(arch, &stage.y[..end - start], dst);
-                }
-            }
-        }
-        Io::InPlace(mut y) => {
-            for (start, end) in chunks(y.len(), y.kind() == Kind::F32) {
-                let (buf, narrow_into) = match y.reborrow().into_slice(start..end) {
-                    AnySliceMut::F32(y) => (y, None),
-                    other => {
-                        let buf = &mut stage.x[..end - start];
-                        widen(arch, other.shared(), buf);
-                        (buf, Some(other))
+            match (x, y) {
+                (AnySlice::F32(x), AnySliceMut::F32(y)) => map(arch, kernel, x, y),
+                (AnySlice::F16(x), AnySliceMut::F32(y)) => map(arch, kernel, x, y),
+                (AnySlice::BF16(x), AnySliceMut::F32(y)) => map(arch, kernel, x, y),
+                (AnySlice::F32(x), AnySliceMut::F16(y)) => map(arch, kernel, x, y),
+                (AnySlice::F32(x), AnySliceMut::BF16(y)) => map(arch, kernel, x, y),
+                (AnySlice::F16(x), AnySliceMut::F16(y)) => map(arch, kernel, x, y),
+                (AnySlice::BF16(x), AnySliceMut::BF16(y)) => map(arch, kernel, x, y),
+                (x, mut y) => {
+                    for start in (0..y.len().max(1)).step_by(CHUNK) {
+                        let end = y.len().min(start + CHUNK);
+                        let xin = &mut stage.x[..end - start];
+                        widen(arch, x.slice(start..end), xin);
+                        match y.reborrow().into_slice(start..end) {
+                            AnySliceMut::F16(y) => map(arch, kernel, xin, y),
+                            AnySliceMut::BF16(y) => map(arch, kernel, xin, y),
+                            AnySliceMut::F32(y) => map(arch, kernel, xin, y),
+                        }
                     }
-                };
-                in_region(
-                    arch,
-                    kernel,
-                    Updated {
-                        w: VectorsMut::<A, f32>::new(buf),
-                    },
-                );
-                if let Some(dst) = narrow_into {
-                    narrow(arch, &stage.x[..end - start], dst);
                 }
             }
         }
+        Io::InPlace(AnySliceMut::F32(y)) => update(arch, kernel, y),
+        Io::InPlace(AnySliceMut::F16(y)) => update(arch, kernel, y),
+        Io::InPlace(AnySliceMut::BF16(y)) => update(arch, kernel, y),
     }
 }
 
-/// The (start, end) of each chunk of a row of `n`: the whole row when it needs
-/// no conversion, else [`CHUNK`]s. Always at least one, so an empty row still
-/// runs the kernel's final flush.
 #[inline(always)]
-fn chunks(n: usize, direct: bool) -> impl Iterator<Item = (usize, usize)> {
-    let step = if direct { n.max(1) } else { CHUNK };
-    (0..n.max(1))
-        .step_by(step)
-        .map(move |start| (start, n.min(start + step)))
+fn read<A: Arch, K: Kernel<A::Simd>, T: Storage>(arch: A, kernel: &mut K, x: &[T]) {
+    in_region(arch, kernel, ReadOnly(Vectors::<A, T>::new(x)));
 }
 
-/// `x` itself when it is f32, else `x` widened into `buf`.
 #[inline(always)]
-fn staged_input<'a, A: Arch>(arch: A, x: AnySlice<'a>, buf: &'a mut [f32]) -> &'a [f32] {
-    match x {
-        AnySlice::F32(x) => x,
-        other => {
-            let buf = &mut buf[..other.len()];
-            widen(arch, other, buf);
-            buf
-        }
-    }
+fn map<A: Arch, K: Kernel<A::Simd>, I: Storage, O: Storage>(
+    arch: A,
+    kernel: &mut K,
+    x: &[I],
+    y: &mut [O],
+) {
+    let w = VectorsMut::<A, O>::new(y);
+    // Equal lengths, stated where the optimiser can see them.
+    let r = Vectors::<A, I>::new(x).fit(w.blocks(), w.rest());
+    in_region(arch, kernel, Mapped { r, w });
+}
+
+#[inline(always)]
+fn update<A: Arch, K: Kernel<A::Simd>, T: Storage>(arch: A, kernel: &mut K, y: &mut [T]) {
+    in_region(
+        arch,
+        kernel,
+        Updated {
+            w: VectorsMut::<A, T>::new(y),
+        },
+    );
 }
 
 /// Copies a pass's values through unchanged (the conversions happen in the loads and stores).
@@ -206,35 +192,13 @@ impl<S: Simd> Kernel<S> for Convert {
     fn flush(&mut self, _: S, _: ()) {}
 }
 
-/// `src` (f16 or bf16) exactly as f32, into `dst` of the same length.
+/// `src` exactly as f32, into `dst` of the same length.
 #[inline(always)]
 fn widen<A: Arch>(arch: A, src: AnySlice<'_>, dst: &mut [f32]) {
-    #[inline(always)]
-    fn typed<A: Arch, T: Storage>(arch: A, src: &[T], dst: &mut [f32]) {
-        let w = VectorsMut::<A, f32>::new(dst);
-        let r = Vectors::<A, T>::new(src).fit(w.blocks(), w.rest());
-        in_region(arch, &mut Convert, Mapped { r, w });
-    }
     match src {
-        AnySlice::F16(src) => typed(arch, src, dst),
-        AnySlice::BF16(src) => typed(arch, src, dst),
+        AnySlice::F16(src) => map(arch, &mut Convert, src, dst),
+        AnySlice::BF16(src) => map(arch, &mut Convert, src, dst),
         AnySlice::F32(src) => dst.copy_from_slice(src),
-    }
-}
-
-/// `src` rounded to nearest even into `dst` (f16 or bf16) of the same length.
-#[inline(always)]
-fn narrow<A: Arch>(arch: A, src: &[f32], dst: AnySliceMut<'_>) {
-    #[inline(always)]
-    fn typed<A: Arch, T: Storage>(arch: A, src: &[f32], dst: &mut [T]) {
-        let w = VectorsMut::<A, T>::new(dst);
-        let r = Vectors::<A, f32>::new(src).fit(w.blocks(), w.rest());
-        in_region(arch, &mut Convert, Mapped { r, w });
-    }
-    match dst {
-        AnySliceMut::F16(dst) => typed(arch, src, dst),
-        AnySliceMut::BF16(dst) => typed(arch, src, dst),
-        AnySliceMut::F32(dst) => dst.copy_from_slice(src),
     }
 }
 

@@ -4,7 +4,8 @@
 //! ```text
 //! Scale          y = (e < floor ? 0 : e) · r                 three-pass softmax, pass 3
 //! ExpScale       y = exp(z(x), cutoff) · r                   online softmax, output pass
-//! LogSoftmaxOut  y = z(x) - ln_sum                           every log-softmax
+//! LogSoftmaxOut  y = z(x) - ln_sum                           every log-softmax (rounded to odd
+//!                                                            for f16/bf16 outputs)
 //! Fill           y = value                                   NaN and fully masked rows
 //! InfShare       y = (x == +inf) ? on_inf : other            rows holding +inf
 //! ```
@@ -77,16 +78,52 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Elementwise<S> for ExpScale<Z, FLUSH>
     }
 }
 
-pub(crate) struct LogSoftmaxOut<Z> {
+pub(crate) struct LogSoftmaxOut<Z, const TO_ODD: bool> {
     pub(crate) shift: Z,
     pub(crate) ln_sum: f32,
 }
 
-impl<S: Simd, Z: Shift> Elementwise<S> for LogSoftmaxOut<Z> {
+impl<S: Simd, Z: Shift, const TO_ODD: bool> Elementwise<S> for LogSoftmaxOut<Z, TO_ODD> {
     #[inline(always)]
     fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
-        simd.sub_f32s(self.shift.z(simd, x), simd.splat_f32s(self.ln_sum))
+        let z = self.shift.z(simd, x);
+        let minus_l = simd.splat_f32s(-self.ln_sum);
+        let y = simd.add_f32s(z, minus_l);
+        if TO_ODD {
+            round_to_odd(simd, y, two_sum_error(simd, z, minus_l, y))
+        } else {
+            y
+        }
     }
+}
+
+/// The exact error of y = a + b (Knuth's TwoSum: a + b = y + e exactly).
+#[inline(always)]
+fn two_sum_error<S: Simd>(simd: S, a: S::f32s, b: S::f32s, y: S::f32s) -> S::f32s {
+    let b_part = simd.sub_f32s(y, a);
+    let a_part = simd.sub_f32s(y, b_part);
+    simd.add_f32s(simd.sub_f32s(a, a_part), simd.sub_f32s(b, b_part))
+}
+
+/// y + e rounded to odd, from y = round-to-nearest-even(y + e) and the exact
+/// error e: an inexact y with an even mantissa moves one ulp towards y + e.
+/// Rounded again to a format at least two bits narrower (f16, bf16), a
+/// round-to-odd value rounds as the exact one would: a result that only looks
+/// like a tie in f32 is not taken for one.
+#[inline(always)]
+fn round_to_odd<S: Simd>(simd: S, y: S::f32s, e: S::f32s) -> S::f32s {
+    let zero = simd.splat_f32s(0.0);
+    let bits = simd.transmute_u32s_f32s(y);
+    let one = simd.splat_u32s(1);
+    let odd = simd.equal_u32s(simd.and_u32s(bits, one), one);
+    // A NaN e (y infinite) counts as exact.
+    let inexact = simd.or_m32s(simd.less_than_f32s(e, zero), simd.less_than_f32s(zero, e));
+    let signs = simd.xor_u32s(bits, simd.transmute_u32s_f32s(e));
+    let outward = simd.less_than_u32s(signs, simd.splat_u32s(0x8000_0000));
+    let step = simd.select_u32s(outward, one, simd.splat_u32s(u32::MAX));
+    let step = simd.select_u32s(inexact, step, simd.splat_u32s(0));
+    let step = simd.select_u32s(odd, simd.splat_u32s(0), step);
+    simd.transmute_f32s_u32s(simd.add_u32s(bits, step))
 }
 
 pub(crate) struct Fill(pub(crate) f32);

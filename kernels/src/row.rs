@@ -395,8 +395,17 @@ pub(crate) fn forward_row<A: Arch>(
                         run(arch, Io::write(x, y), st, &mut Map(map))
                     })
                 }
+                // Into f16 or bf16, z - ln S is rounded to odd in f32 so that
+                // the second rounding is as if from the exact difference.
+                Output::LogSoftmax if y.kind() != Kind::F32 => with_shift!(shift, z => {
+                    let map = LogSoftmaxOut::<_, true> {
+                        shift: z,
+                        ln_sum: ln_sum as f32,
+                    };
+                    run(arch, Io::write(x, y), st, &mut Map(map))
+                }),
                 Output::LogSoftmax => with_shift!(shift, z => {
-                    let map = LogSoftmaxOut {
+                    let map = LogSoftmaxOut::<_, false> {
                         shift: z,
                         ln_sum: ln_sum as f32,
                     };
@@ -407,7 +416,7 @@ pub(crate) fn forward_row<A: Arch>(
     }
 }
 
-/// t · ln Σ exp(x/t) of one row.
+/// t · ln Σ exp(x/t) of one row, in f64 (the caller rounds it once to its type).
 #[inline(always)]
 pub(crate) fn logsumexp_row<A: Arch>(
     arch: A,
@@ -415,11 +424,11 @@ pub(crate) fn logsumexp_row<A: Arch>(
     method: Method,
     temperature: Temperature,
     x: AnySlice<'_>,
-) -> f32 {
+) -> f64 {
     match stats(arch, st, method, x, temperature.inv) {
-        Stats::Special(Special::Nan) => f32::NAN,
-        Stats::Special(Special::PosInf(_)) => f32::INFINITY,
-        Stats::Special(Special::Masked) => f32::NEG_INFINITY,
-        Stats::Finite { max, ln_sum, .. } => (max as f64 + temperature.t as f64 * ln_sum) as f32,
+        Stats::Special(Special::Nan) => f64::NAN,
+        Stats::Special(Special::PosInf(_)) => f64::INFINITY,
+        Stats::Special(Special::Masked) => f64::NEG_INFINITY,
+        Stats::Finite { max, ln_sum, .. } => max as f64 + temperature.t as f64 * ln_sum,
     }
 }

@@ -31,6 +31,8 @@ pub trait Storage: Copy + Send + Sync + 'static {
     fn store_partial<A: Arch>(arch: A, x: &mut [Self], v: F32s<A>);
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
+    /// `x` rounded once to the type.
+    fn from_f64(x: f64) -> Self;
 }
 
 impl Storage for f32 {
@@ -67,6 +69,10 @@ impl Storage for f32 {
     #[inline(always)]
     fn from_f32(x: f32) -> f32 {
         x
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> f32 {
+        x as f32
     }
 }
 
@@ -117,8 +123,44 @@ macro_rules! half_storage {
             fn from_f32(x: f32) -> $t {
                 <$t>::from_f32(x)
             }
+            #[inline(always)]
+            fn from_f64(x: f64) -> $t {
+                let c = <$t>::from_f64(x);
+                round_once(x, c, c.to_bits(), <$t>::from_bits, <$t>::to_f64)
+            }
         }
     };
+}
+
+/// `x` rounded once to nearest even, from `c`, the `half` crate's rounding of
+/// it, which on some targets goes through f32 and can round twice: when `x`
+/// rounds to an f32 that is a midpoint of the 16-bit type, `c` may be the
+/// wrong neighbour; comparing `x` with the midpoints in f64 settles it.
+fn round_once<T: Copy>(
+    x: f64,
+    c: T,
+    bits: u16,
+    from_bits: fn(u16) -> T,
+    to_f64: fn(T) -> f64,
+) -> T {
+    let cv = to_f64(c);
+    let mag = bits & 0x7fff;
+    if x.is_nan() || !cv.is_finite() || mag == 0 {
+        return c;
+    }
+    let with = |m: u16| from_bits((bits & 0x8000) | m);
+    let (down, up) = (with(mag - 1), with(mag + 1));
+    let ax = x.abs();
+    let even = |m: u16, mid: f64| ax == mid && m.is_multiple_of(2);
+    let m_up = (cv.abs() + to_f64(up).abs()) / 2.0;
+    let m_down = (cv.abs() + to_f64(down).abs()) / 2.0;
+    if to_f64(up).is_finite() && (ax > m_up || even(mag + 1, m_up)) {
+        up
+    } else if ax < m_down || even(mag - 1, m_down) {
+        down
+    } else {
+        c
+    }
 }
 
 half_storage!(f16, F16, f16_to_f32, f32_to_f16);
@@ -256,10 +298,10 @@ impl<'a> AnySliceMut<'a> {
             }
         }
     }
-    /// Writes `value` at `i`, rounded to the storage type.
+    /// Writes `value` at `i`, rounded once to the storage type.
     #[inline(always)]
-    pub fn set(&mut self, i: usize, value: f32) {
-        each!(mut self, s => s[i] = Storage::from_f32(value))
+    pub fn set(&mut self, i: usize, value: f64) {
+        each!(mut self, s => s[i] = Storage::from_f64(value))
     }
 }
 

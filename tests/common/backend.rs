@@ -128,7 +128,6 @@ impl Backend {
                     temperature: Temperature::new(t),
                     x: Strided::new(I::any(x), 1, n, n),
                     out: AnySliceMut::F32(&mut out),
-                    scratch: &mut vec![0.0; softmax_kernels::Stage::LEN],
                 });
                 out[0]
             }
