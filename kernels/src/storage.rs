@@ -125,8 +125,8 @@ macro_rules! half_storage {
             }
             #[inline(always)]
             fn from_f64(x: f64) -> $t {
-                let c = <$t>::from_f64(x);
-                round_once(x, c, c.to_bits(), <$t>::from_bits, <$t>::to_f64)
+                let c = <$t>::from_f64(x).to_bits();
+                <$t>::from_bits(round_once(x, c, |b| <$t>::from_bits(b).to_f64()))
             }
         }
     };
@@ -136,25 +136,20 @@ macro_rules! half_storage {
 /// it, which on some targets goes through f32 and can round twice: when `x`
 /// rounds to an f32 that is a midpoint of the 16-bit type, `c` may be the
 /// wrong neighbour; comparing `x` with the midpoints in f64 settles it.
-fn round_once<T: Copy>(
-    x: f64,
-    c: T,
-    bits: u16,
-    from_bits: fn(u16) -> T,
-    to_f64: fn(T) -> f64,
-) -> T {
-    let cv = to_f64(c);
-    let mag = bits & 0x7fff;
+/// Returns the bits to use; `value` maps bits to their f64 value.
+#[inline(always)]
+fn round_once(x: f64, c: u16, value: impl Fn(u16) -> f64) -> u16 {
+    let (sign, mag) = (c & 0x8000, c & 0x7fff);
+    let cv = value(c);
     if x.is_nan() || !cv.is_finite() || mag == 0 {
         return c;
     }
-    let with = |m: u16| from_bits((bits & 0x8000) | m);
-    let (down, up) = (with(mag - 1), with(mag + 1));
+    let (down, up) = (sign | (mag - 1), sign | (mag + 1));
     let ax = x.abs();
     let even = |m: u16, mid: f64| ax == mid && m.is_multiple_of(2);
-    let m_up = (cv.abs() + to_f64(up).abs()) / 2.0;
-    let m_down = (cv.abs() + to_f64(down).abs()) / 2.0;
-    if to_f64(up).is_finite() && (ax > m_up || even(mag + 1, m_up)) {
+    let m_up = (cv.abs() + value(up).abs()) / 2.0;
+    let m_down = (cv.abs() + value(down).abs()) / 2.0;
+    if value(up).is_finite() && (ax > m_up || even(mag + 1, m_up)) {
         up
     } else if ax < m_down || even(mag - 1, m_down) {
         down
