@@ -86,6 +86,25 @@ impl<Z: Shift, const FLUSH: bool> ExpSumBelowMax<Z, FLUSH> {
     }
 }
 
+impl<Z: Shift, const FLUSH: bool> ExpSumBelowMax<Z, FLUSH> {
+    /// One vector into (sum, count), with (`F`) or without the underflow test.
+    #[inline(always)]
+    fn add<S: Simd, const F: bool>(
+        &self,
+        simd: S,
+        (sum, count): (S::f32s, S::f32s),
+        x: S::f32s,
+    ) -> (S::f32s, S::f32s) {
+        let z = self.shift.z(simd, x);
+        let e = exp_flushed_below::<S, F>(simd, z, CUTOFF);
+        let zero = simd.splat_f32s(0.0);
+        let at_max = simd.equal_f32s(z, zero);
+        let sum = simd.add_f32s(sum, simd.select_f32s(at_max, zero, e));
+        let one = simd.select_f32s(at_max, simd.splat_f32s(1.0), zero);
+        (sum, simd.add_f32s(count, one))
+    }
+}
+
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSumBelowMax<Z, FLUSH> {
     /// (sum, count of maxima)
     type Acc = (S::f32s, S::f32s);
@@ -100,24 +119,13 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSumBelowMax<Z, FLUSH
         (simd.splat_f32s(0.0), simd.splat_f32s(0.0))
     }
     #[inline(always)]
-    fn step(&self, simd: S, (sum, count): Self::Acc, x: S::f32s) -> (Self::Acc, S::f32s) {
-        let z = self.shift.z(simd, x);
-        let e = exp_flushed_below::<S, FLUSH>(simd, z, CUTOFF);
-        let zero = simd.splat_f32s(0.0);
-        let at_max = simd.equal_f32s(z, zero);
-        let sum = simd.add_f32s(sum, simd.select_f32s(at_max, zero, e));
-        let one = simd.select_f32s(at_max, simd.splat_f32s(1.0), zero);
-        ((sum, simd.add_f32s(count, one)), x)
+    fn step(&self, simd: S, acc: Self::Acc, x: S::f32s) -> (Self::Acc, S::f32s) {
+        (self.add::<S, FLUSH>(simd, acc, x), x)
     }
     #[inline(always)]
     fn step_tail(&self, simd: S, acc: Self::Acc, x: S::f32s, _: usize) -> (Self::Acc, S::f32s) {
         // The fill lanes (-inf) need the underflow test in either variant.
-        ExpSumBelowMax::<Z, true> {
-            shift: self.shift,
-            total: 0.0,
-            maxima: 0.0,
-        }
-        .step(simd, acc, x)
+        (self.add::<S, true>(simd, acc, x), x)
     }
     #[inline(always)]
     fn merge(&self, simd: S, a: Self::Acc, b: Self::Acc) -> Self::Acc {

@@ -77,6 +77,67 @@ fn ln_upper_bound(s: f64) -> f64 {
     (exponent + 1.0) * core::f64::consts::LN_2
 }
 
+/// A pass over e^z, z = (x - max)/t, compiled for each form of z and with or
+/// without the per-element underflow test; [`exp_pass`] picks the variant.
+trait ExpPass {
+    type Output;
+    fn pass<A: Arch, Z: Shift, const FLUSH: bool>(
+        self,
+        arch: A,
+        st: &mut Stage<'_>,
+        z: Z,
+    ) -> Self::Output;
+}
+
+/// Runs `pass` with the cheapest exact form of z for a row with this max,
+/// min and 1/t, testing each element against the exp cutoff only where some
+/// z of the row may fall below it.
+#[inline(always)]
+fn exp_pass<A: Arch, P: ExpPass>(
+    arch: A,
+    st: &mut Stage<'_>,
+    (max, min, inv_t): (f32, f32, f32),
+    pass: P,
+) -> P::Output {
+    let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
+    with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
+        pass.pass::<A, _, true>(arch, st, z)
+    } else {
+        pass.pass::<A, _, false>(arch, st, z)
+    })
+}
+
+/// Σ e^z over a row, storing the terms if the [`Io`] writes.
+struct SumExp<'a>(Io<'a>);
+
+impl ExpPass for SumExp<'_> {
+    type Output = f64;
+    #[inline(always)]
+    fn pass<A: Arch, Z: Shift, const FLUSH: bool>(self, arch: A, st: &mut Stage<'_>, z: Z) -> f64 {
+        let mut k = ExpSum::<Z, FLUSH>::new(z);
+        run(arch, self.0, st, &mut k);
+        k.total
+    }
+}
+
+/// (Σ e^z over the entries below the max, count of entries at it).
+struct SumBelowMax<'a>(AnySlice<'a>);
+
+impl ExpPass for SumBelowMax<'_> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn pass<A: Arch, Z: Shift, const FLUSH: bool>(
+        self,
+        arch: A,
+        st: &mut Stage<'_>,
+        z: Z,
+    ) -> (f64, f64) {
+        let mut k = ExpSumBelowMax::<Z, FLUSH>::new(z);
+        run(arch, Io::Read(self.0), st, &mut k);
+        (k.total, k.maxima)
+    }
+}
+
 /// Σ exp((x - max)/t) over `io`, storing the terms if `io` writes.
 #[inline(always)]
 fn exp_sum<A: Arch>(
@@ -87,24 +148,7 @@ fn exp_sum<A: Arch>(
     min: f32,
     inv_t: f32,
 ) -> f64 {
-    let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
-    with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
-        exp_sum_with::<A, _, true>(arch, st, io, z)
-    } else {
-        exp_sum_with::<A, _, false>(arch, st, io, z)
-    })
-}
-
-#[inline(always)]
-fn exp_sum_with<A: Arch, Z: Shift, const FLUSH: bool>(
-    arch: A,
-    st: &mut Stage<'_>,
-    io: Io<'_>,
-    z: Z,
-) -> f64 {
-    let mut k = ExpSum::<Z, FLUSH>::new(z);
-    run(arch, io, st, &mut k);
-    k.total
+    exp_pass(arch, st, (max, min, inv_t), SumExp(io))
 }
 
 /// Classifies a row whose max is not finite (or a block that is all -inf).
@@ -158,25 +202,8 @@ fn ln_sum_peaked<A: Arch>(
     min: f32,
     inv_t: f32,
 ) -> f64 {
-    let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
-    let (others, maxima) = with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
-        others_sum::<A, _, true>(arch, st, x, z)
-    } else {
-        others_sum::<A, _, false>(arch, st, x, z)
-    });
+    let (others, maxima) = exp_pass(arch, st, (max, min, inv_t), SumBelowMax(x));
     (maxima - 1.0 + others).ln_1p()
-}
-
-#[inline(always)]
-fn others_sum<A: Arch, Z: Shift, const FLUSH: bool>(
-    arch: A,
-    st: &mut Stage<'_>,
-    x: AnySlice<'_>,
-    z: Z,
-) -> (f64, f64) {
-    let mut k = ExpSumBelowMax::<Z, FLUSH>::new(z);
-    run(arch, Io::Read(x), st, &mut k);
-    (k.total, k.maxima)
 }
 
 #[inline(always)]

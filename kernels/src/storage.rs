@@ -18,7 +18,6 @@ pub enum Kind {
 
 /// A storage type: its vector form for each ISA, and the conversions.
 pub trait Storage: Copy + Send + Sync + 'static {
-    const KIND: Kind;
     /// One vector's worth of elements in memory.
     type Vector<A: Arch>: Copy;
     /// The whole vectors of `x` and the rest (shorter than a vector).
@@ -29,14 +28,11 @@ pub trait Storage: Copy + Send + Sync + 'static {
     /// The first `x.len()` lanes (fewer than a vector); the others are 0.
     fn load_partial<A: Arch>(arch: A, x: &[Self]) -> F32s<A>;
     fn store_partial<A: Arch>(arch: A, x: &mut [Self], v: F32s<A>);
-    fn to_f32(self) -> f32;
-    fn from_f32(x: f32) -> Self;
     /// `x` rounded once to the type.
     fn from_f64(x: f64) -> Self;
 }
 
 impl Storage for f32 {
-    const KIND: Kind = Kind::F32;
     type Vector<A: Arch> = F32s<A>;
     #[inline(always)]
     fn split<A: Arch>(x: &[f32]) -> (&[F32s<A>], &[f32]) {
@@ -63,14 +59,6 @@ impl Storage for f32 {
         arch.simd().partial_store_f32s(x, v)
     }
     #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> f32 {
-        x
-    }
-    #[inline(always)]
     fn from_f64(x: f64) -> f32 {
         x as f32
     }
@@ -78,18 +66,17 @@ impl Storage for f32 {
 
 /// The 16-bit types differ only in their conversions.
 macro_rules! half_storage {
-    ($t:ty, $kind:ident, $widen:ident, $narrow:ident) => {
+    ($t:ty, $widen:ident, $narrow:ident) => {
         impl Storage for $t {
-            const KIND: Kind = Kind::$kind;
             type Vector<A: Arch> = A::Halfs;
             #[inline(always)]
             fn split<A: Arch>(x: &[$t]) -> (&[A::Halfs], &[$t]) {
-                let (body, rest) = x.split_at(x.len() - x.len() % lanes::<A>());
+                let (body, rest) = x.split_at(x.len() - x.len() % A::Simd::F32_LANES);
                 (bytemuck::cast_slice(body.reinterpret_cast()), rest)
             }
             #[inline(always)]
             fn split_mut<A: Arch>(x: &mut [$t]) -> (&mut [A::Halfs], &mut [$t]) {
-                let at = x.len() - x.len() % lanes::<A>();
+                let at = x.len() - x.len() % A::Simd::F32_LANES;
                 let (body, rest) = x.split_at_mut(at);
                 (bytemuck::cast_slice_mut(body.reinterpret_cast_mut()), rest)
             }
@@ -114,14 +101,6 @@ macro_rules! half_storage {
                 let bits: &[u16] = bytemuck::cast_slice(core::slice::from_ref(&v));
                 let n = x.len();
                 x.reinterpret_cast_mut().copy_from_slice(&bits[..n]);
-            }
-            #[inline(always)]
-            fn to_f32(self) -> f32 {
-                <$t>::to_f32(self)
-            }
-            #[inline(always)]
-            fn from_f32(x: f32) -> $t {
-                <$t>::from_f32(x)
             }
             #[inline(always)]
             fn from_f64(x: f64) -> $t {
@@ -158,14 +137,8 @@ fn round_once(x: f64, c: u16, value: impl Fn(u16) -> f64) -> u16 {
     }
 }
 
-half_storage!(f16, F16, f16_to_f32, f32_to_f16);
-half_storage!(bf16, BF16, bf16_to_f32, f32_to_bf16);
-
-/// f32 lanes per vector of `A`.
-#[inline(always)]
-pub(crate) const fn lanes<A: Arch>() -> usize {
-    core::mem::size_of::<F32s<A>>() / 4
-}
+half_storage!(f16, f16_to_f32, f32_to_f16);
+half_storage!(bf16, bf16_to_f32, f32_to_bf16);
 
 /// A row of any storage type.
 #[derive(Clone, Copy, Debug)]
