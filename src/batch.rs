@@ -4,7 +4,7 @@
 use crate::dispatch;
 use crate::Isa;
 use rayon::ThreadPool;
-use softmax_kernels::{Forward, LogSumExp};
+use softmax_kernels::{Backward, CrossEntropy, Forward, LogSumExp};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -26,14 +26,19 @@ pub enum Parallelism {
     Pool(Arc<ThreadPool>),
 }
 
-/// A kernel job that can be cut between rows.
+/// A kernel job that can be cut between rows; the parts' results combine
+/// into the whole's.
 pub(crate) trait Batch: Sized + Send {
+    type Out: Send;
     fn rows(&self) -> usize;
     fn split_at(self, k: usize) -> (Self, Self);
-    fn run(self, isa: Isa);
+    fn run(self, isa: Isa) -> Self::Out;
+    fn combine(a: Self::Out, b: Self::Out) -> Self::Out;
 }
 
 impl Batch for Forward<'_> {
+    type Out = ();
+    fn combine(_: (), _: ()) {}
     fn rows(&self) -> usize {
         self.y.rows()
     }
@@ -65,6 +70,8 @@ impl Batch for Forward<'_> {
 }
 
 impl Batch for LogSumExp<'_> {
+    type Out = ();
+    fn combine(_: (), _: ()) {}
     fn rows(&self) -> usize {
         self.x.rows()
     }
@@ -79,33 +86,118 @@ impl Batch for LogSumExp<'_> {
     }
 }
 
-/// Runs `job` (rows of `cols` elements) as `parallelism` says.
-pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) {
-    let rows = job.rows();
-    let elements = rows.saturating_mul(cols.max(1));
-    let pool = match parallelism {
-        _ if rows < 2 || elements < PARALLEL_MIN_ELEMENTS => return job.run(isa),
-        Parallelism::Serial => return job.run(isa),
-        Parallelism::Auto => None,
-        Parallelism::Pool(pool) => Some(pool),
-    };
-    let rows_per_task = TASK_MIN_ELEMENTS.div_ceil(cols.max(1)).max(1);
-    match pool {
-        Some(pool) => pool.install(|| split(job, rows_per_task, isa)),
-        None => split(job, rows_per_task, isa),
+impl Batch for Backward<'_> {
+    type Out = ();
+    fn combine(_: (), _: ()) {}
+    fn rows(&self) -> usize {
+        self.dx.rows()
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (ya, yb) = self.y.split_at(k);
+        let (ga, gb) = match self.g {
+            Some(g) => {
+                let (a, b) = g.split_at(k);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        let (da, db) = self.dx.split_at(k);
+        let half = |y, g, dx| Backward { y, g, dx, ..self };
+        (half(ya, ga, da), half(yb, gb, db))
+    }
+    fn run(self, isa: Isa) {
+        dispatch::run(isa, self)
     }
 }
 
-fn split<J: Batch>(job: J, rows_per_task: usize, isa: Isa) {
+impl Batch for CrossEntropy<'_> {
+    /// The sum of the row losses.
+    type Out = f64;
+    fn combine(a: f64, b: f64) -> f64 {
+        a + b
+    }
+    fn rows(&self) -> usize {
+        CrossEntropy::rows(self)
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (xa, xb) = match self.x {
+            Some(x) => {
+                let (a, b) = x.split_at(k);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        let (ga, gb) = match self.grad {
+            Some(g) => {
+                let (a, b) = g.split_at(k);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        let (ta, tb) = self.targets.split_at(k);
+        let (la, lb) = match self.losses {
+            Some(l) => {
+                let (a, b) = l.split_at_mut(k.min(l.len()));
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        let options = self.options;
+        let part = |x, grad, targets, losses| CrossEntropy {
+            options,
+            targets,
+            x,
+            grad,
+            losses,
+        };
+        (part(xa, ga, ta, la), part(xb, gb, tb, lb))
+    }
+    fn run(self, isa: Isa) -> f64 {
+        dispatch::run(isa, self)
+    }
+}
+
+/// Runs `job` (rows of `cols` elements) as `parallelism` says. Rows are cut
+/// into the same tasks whether they run on a pool or not, so combined results
+/// (sums over rows) do not depend on the parallelism or the thread count.
+pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) -> J::Out {
+    let rows = job.rows();
+    let elements = rows.saturating_mul(cols.max(1));
+    let rows_per_task = TASK_MIN_ELEMENTS.div_ceil(cols.max(1)).max(1);
+    let pool = match parallelism {
+        _ if rows < 2 || elements < PARALLEL_MIN_ELEMENTS => {
+            return split(job, rows_per_task, isa, false)
+        }
+        Parallelism::Serial => return split(job, rows_per_task, isa, false),
+        Parallelism::Auto => None,
+        Parallelism::Pool(pool) => Some(pool),
+    };
+    match pool {
+        Some(pool) => pool.install(|| split(job, rows_per_task, isa, true)),
+        None => split(job, rows_per_task, isa, true),
+    }
+}
+
+/// Halves `job` until a part has at most `rows_per_task` rows; the halves run
+/// side by side when `parallel`.
+fn split<J: Batch>(job: J, rows_per_task: usize, isa: Isa, parallel: bool) -> J::Out {
     let rows = job.rows();
     if rows <= rows_per_task {
         return job.run(isa);
     }
     let (a, b) = job.split_at(rows / 2);
-    rayon::join(
-        || split(a, rows_per_task, isa),
-        || split(b, rows_per_task, isa),
-    );
+    let (ra, rb) = if parallel {
+        rayon::join(
+            || split(a, rows_per_task, isa, true),
+            || split(b, rows_per_task, isa, true),
+        )
+    } else {
+        (
+            split(a, rows_per_task, isa, false),
+            split(b, rows_per_task, isa, false),
+        )
+    };
+    J::combine(ra, rb)
 }
 
 /// Scratch rows up to this many f32 values stay allocated per thread between

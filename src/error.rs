@@ -34,6 +34,26 @@ pub enum Error {
     InvalidTemperature(f32),
     /// An ISA this CPU (or this build's target) does not have.
     IsaUnavailable(Isa),
+    /// A Jacobian buffer that does not hold exactly cols × cols elements.
+    JacobianLength { len: usize, cols: usize },
+    /// A label count different from the row count.
+    LabelCount { labels: usize, rows: usize },
+    /// A label that is neither a class (0 ≤ label < classes) nor the ignore index.
+    LabelOutOfRange {
+        row: usize,
+        label: i128,
+        classes: usize,
+    },
+    /// Label smoothing outside [0, 1).
+    InvalidSmoothing(f32),
+    /// A class weight that is not finite or is negative.
+    InvalidWeight { class: usize, weight: f32 },
+    /// A weight count different from the class count.
+    WeightCount { weights: usize, classes: usize },
+    /// Class weights set for a soft-target loss.
+    WeightsWithSoftTargets,
+    /// `Reduction::None` without a buffer for the per-row losses.
+    LossesRequired,
 }
 
 impl fmt::Display for Error {
@@ -75,6 +95,37 @@ impl fmt::Display for Error {
                     f32::MIN_POSITIVE
                 )
             }
+            Error::JacobianLength { len, cols } => write!(
+                f,
+                "Jacobian buffer holds {len} elements; a row of {cols} needs exactly {cols}×{cols}"
+            ),
+            Error::LabelCount { labels, rows } => write!(
+                f,
+                "{labels} labels for {rows} rows; expected one label per row"
+            ),
+            Error::LabelOutOfRange { row, label, classes } => write!(
+                f,
+                "label {label} of row {row} is out of range; expected 0 ≤ label < {classes} or the ignore index"
+            ),
+            Error::InvalidSmoothing(e) => {
+                write!(f, "label smoothing {e} is invalid; expected 0 ≤ ε < 1")
+            }
+            Error::InvalidWeight { class, weight } => write!(
+                f,
+                "weight {weight} of class {class} is invalid; expected a finite value ≥ 0"
+            ),
+            Error::WeightCount { weights, classes } => write!(
+                f,
+                "{weights} class weights for rows of {classes} classes; expected one per class"
+            ),
+            Error::WeightsWithSoftTargets => write!(
+                f,
+                "class weights do not apply to soft targets; multiply the targets by the weights instead"
+            ),
+            Error::LossesRequired => write!(
+                f,
+                "Reduction::None returns per-row losses; pass a buffer with one value per row"
+            ),
             Error::IsaUnavailable(isa) => write!(
                 f,
                 "{} is not available on this CPU; available: {}",

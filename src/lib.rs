@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod backward;
 mod batch;
+mod cross_entropy;
 mod dispatch;
 mod element;
 mod error;
@@ -12,6 +14,7 @@ mod rows;
 pub use half;
 
 pub use batch::{Parallelism, PARALLEL_MIN_ELEMENTS, TASK_MIN_ELEMENTS};
+pub use cross_entropy::{CrossEntropy, Label, Reduction, DEFAULT_IGNORE_INDEX};
 pub use element::Element;
 pub use error::Error;
 pub use isa::Isa;

@@ -67,10 +67,10 @@ pub const AUTO_ONLINE_FROM_COLS: usize = 1 << 22;
 /// Softmax options: temperature, ISA, algorithm, parallelism. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Softmax {
-    temperature: Temperature,
-    isa: Isa,
+    pub(crate) temperature: Temperature,
+    pub(crate) isa: Isa,
     algorithm: Algorithm,
-    parallelism: Parallelism,
+    pub(crate) parallelism: Parallelism,
 }
 
 impl Default for Softmax {

@@ -22,10 +22,14 @@
 //! | `two_pass.rs` | the two-pass (mantissa, exponent) sum and its output |
 //! | `scan.rs`     | NaN / +inf counting for special rows |
 //! | `row.rs`      | the three algorithms and the special-value rules |
+//! | `backward.rs` | softmax and log-softmax backward, the Jacobian |
+//! | `cross_entropy.rs` | cross-entropy and its gradient from logits |
 
 #![deny(unsafe_code)]
 
 pub mod arch;
+mod backward;
+mod cross_entropy;
 pub mod exp;
 mod exp_sum;
 pub mod loops;
@@ -37,6 +41,7 @@ mod shift;
 mod storage;
 mod two_pass;
 
+pub use cross_entropy::{LossOptions, RowTarget};
 pub use half;
 pub use pulp;
 pub use row::ONLINE_BLOCK;
@@ -333,5 +338,218 @@ impl Job for LogSumExp<'_> {
             let value = row::logsumexp_row(arch, &mut stage, method, t, xi);
             self.out.set(i, value);
         }
+    }
+}
+
+/// The backward pass of softmax or log-softmax over rows: from the forward
+/// output `y` and the upstream gradient `g` into `dx`, or in place over g
+/// (`dx` holds g) when `g` is `None`. All three rows are of one type.
+pub struct Backward<'a> {
+    pub output: Output,
+    pub temperature: Temperature,
+    pub y: Strided<'a>,
+    pub g: Option<Strided<'a>>,
+    pub dx: StridedMut<'a>,
+}
+
+impl Job for Backward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A) {
+        assert!(self.y.rows == self.dx.rows && self.y.cols == self.dx.cols);
+        for i in 0..self.dx.rows {
+            // A match, not Option::map: a closure would be compiled outside the region.
+            #[allow(clippy::manual_map)]
+            let gi = match &self.g {
+                Some(g) => Some(g.row(i)),
+                None => None,
+            };
+            let (y, dx) = (self.y.row(i), self.dx.row_mut(i));
+            backward::backward_row(arch, self.output, self.temperature, y, gi, dx);
+        }
+    }
+}
+
+/// The softmax Jacobian (diag(y) - y yᵀ)/t of one row y of K elements, into
+/// `out`, K rows of K (row-major).
+pub struct Jacobian<'a> {
+    pub temperature: Temperature,
+    pub y: AnySlice<'a>,
+    pub out: AnySliceMut<'a>,
+}
+
+impl Job for Jacobian<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A) {
+        let k = self.y.len();
+        assert_eq!(self.out.len(), k * k, "a Jacobian of K×K elements");
+        let mut space = [0.0f32; Stage::LEN];
+        let mut stage = Stage::new(&mut space);
+        for i in 0..k {
+            let row = self.out.reborrow().into_slice(i * k..(i + 1) * k);
+            backward::jacobian_row(arch, &mut stage, self.temperature, self.y, i, row);
+        }
+    }
+}
+
+/// Class labels of any integer type.
+#[derive(Clone, Copy, Debug)]
+pub enum Labels<'a> {
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    Usize(&'a [usize]),
+}
+
+impl<'a> Labels<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::I32(l) => l.len(),
+            Labels::I64(l) => l.len(),
+            Labels::U32(l) => l.len(),
+            Labels::U64(l) => l.len(),
+            Labels::Usize(l) => l.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Label `i`, exactly.
+    #[inline]
+    pub fn get(&self, i: usize) -> i128 {
+        match self {
+            Labels::I32(l) => l[i] as i128,
+            Labels::I64(l) => l[i] as i128,
+            Labels::U32(l) => l[i] as i128,
+            Labels::U64(l) => l[i] as i128,
+            Labels::Usize(l) => l[i] as i128,
+        }
+    }
+    pub fn split_at(self, k: usize) -> (Self, Self) {
+        macro_rules! split {
+            ($v:ident, $l:expr) => {{
+                let (a, b) = $l.split_at(k);
+                (Labels::$v(a), Labels::$v(b))
+            }};
+        }
+        match self {
+            Labels::I32(l) => split!(I32, l),
+            Labels::I64(l) => split!(I64, l),
+            Labels::U32(l) => split!(U32, l),
+            Labels::U64(l) => split!(U64, l),
+            Labels::Usize(l) => split!(Usize, l),
+        }
+    }
+}
+
+/// What the rows of a cross-entropy batch are scored against.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// One label per row (each below the row length, or equal to `ignore`).
+    Labels {
+        labels: Labels<'a>,
+        ignore: Option<i128>,
+    },
+    /// A target distribution per row, in rows of the logits' type and shape.
+    Soft(Strided<'a>),
+}
+
+impl<'a> Targets<'a> {
+    #[inline(always)]
+    fn row(&self, i: usize) -> RowTarget<'a> {
+        match self {
+            Targets::Labels { labels, ignore } => {
+                let label = labels.get(i);
+                if Some(label) == *ignore {
+                    RowTarget::Ignored
+                } else {
+                    RowTarget::Class(label as usize)
+                }
+            }
+            Targets::Soft(q) => RowTarget::Soft(q.row(i)),
+        }
+    }
+    pub fn split_at(self, k: usize) -> (Self, Self) {
+        match self {
+            Targets::Labels { labels, ignore } => {
+                let (a, b) = labels.split_at(k);
+                (
+                    Targets::Labels { labels: a, ignore },
+                    Targets::Labels { labels: b, ignore },
+                )
+            }
+            Targets::Soft(q) => {
+                let (a, b) = q.split_at(k);
+                (Targets::Soft(a), Targets::Soft(b))
+            }
+        }
+    }
+}
+
+/// Cross-entropy of each row of logits `x` against its target: the loss into
+/// `losses[i]` (when given), the gradient into `grad` (when given; over the
+/// logits in place when `x` is `None`). Returns the sum of the row losses.
+pub struct CrossEntropy<'a> {
+    pub options: LossOptions<'a>,
+    pub targets: Targets<'a>,
+    pub x: Option<Strided<'a>>,
+    pub grad: Option<StridedMut<'a>>,
+    pub losses: Option<&'a mut [f32]>,
+}
+
+impl CrossEntropy<'_> {
+    pub fn rows(&self) -> usize {
+        match (&self.x, &self.grad) {
+            (Some(x), _) => x.rows,
+            (None, Some(g)) => g.rows,
+            (None, None) => 0,
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match (&self.x, &self.grad) {
+            (Some(x), _) => x.cols,
+            (None, Some(g)) => g.cols,
+            (None, None) => 0,
+        }
+    }
+    /// The f32 working space the job needs (none: every pairing it reads runs in registers).
+    pub fn scratch_len(&self) -> usize {
+        0
+    }
+}
+
+impl Job for CrossEntropy<'_> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A) -> f64 {
+        let rows = self.rows();
+        let mut stage = Stage::new(&mut []);
+        let mut total = 0.0;
+        for i in 0..rows {
+            // Matches, not Option::map: a closure would be compiled outside the region.
+            #[allow(clippy::manual_map)]
+            let xi = match &self.x {
+                Some(x) => Some(x.row(i)),
+                None => None,
+            };
+            #[allow(clippy::manual_map)]
+            let gi = match &mut self.grad {
+                Some(g) => Some(g.row_mut(i)),
+                None => None,
+            };
+            let target = self.targets.row(i);
+            let st = &mut stage;
+            let loss = cross_entropy::cross_entropy_row(arch, st, &self.options, target, xi, gi);
+            if let Some(losses) = self.losses.as_deref_mut() {
+                losses[i] = loss as f32;
+            }
+            total += loss;
+        }
+        total
     }
 }

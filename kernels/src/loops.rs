@@ -22,29 +22,31 @@
 //! (a zero fill is wrong for max).
 
 use crate::arch::{Arch, Body, F32s};
-use crate::storage::{AnySlice, AnySliceMut, Storage};
+use crate::storage::{AnySlice, AnySliceMut, Kind, Storage};
 use pulp::Simd;
 
 /// Independent accumulators (and vectors in flight) per step.
 pub const UNROLL: usize = 4;
 
-/// One pass over a row, written once for every ISA.
-pub(crate) trait Kernel<S: Simd> {
+/// One pass over a row, written once for every ISA. `X` is what one step
+/// reads: a vector of the row, or a pair of vectors from two rows.
+pub(crate) trait Kernel<S: Simd, X: Copy = <S as Simd>::f32s> {
     /// Per-accumulator state.
     type Acc: Copy;
     /// Unrolled steps between two flushes of the accumulators into the kernel's total
     /// (bounds how many terms an f32 lane accumulates before it is taken in wider precision).
     const FLUSH_STEPS: usize = usize::MAX;
-    /// The value masked-off tail lanes take; a step on it must leave the accumulator unchanged.
+    /// The value masked-off tail lanes take (in every row read); a step on it
+    /// must leave the accumulator unchanged.
     fn fill(&self) -> f32;
     fn init(&self, simd: S) -> Self::Acc;
-    /// Consumes one vector; returns the new accumulator and the values to store (if any).
-    fn step(&self, simd: S, acc: Self::Acc, x: S::f32s) -> (Self::Acc, S::f32s);
+    /// Consumes one vector (or pair); returns the new accumulator and the values to store (if any).
+    fn step(&self, simd: S, acc: Self::Acc, x: X) -> (Self::Acc, S::f32s);
     /// The step on the masked tail, whose first `valid` lanes are the row's and
     /// the rest hold [`Kernel::fill`]; a kernel whose step cannot take the fill
     /// handles the tail here.
     #[inline(always)]
-    fn step_tail(&self, simd: S, acc: Self::Acc, x: S::f32s, valid: usize) -> (Self::Acc, S::f32s) {
+    fn step_tail(&self, simd: S, acc: Self::Acc, x: X, valid: usize) -> (Self::Acc, S::f32s) {
         let _ = valid;
         self.step(simd, acc, x)
     }
@@ -144,7 +146,7 @@ pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
 
 #[inline(always)]
 fn read<A: Arch, K: Kernel<A::Simd>, T: Storage>(arch: A, kernel: &mut K, x: &[T]) {
-    in_region(arch, kernel, ReadOnly(Vectors::<A, T>::new(x)));
+    in_region(arch, kernel, ReadOnly(One(Vectors::<A, T>::new(x))));
 }
 
 #[inline(always)]
@@ -157,7 +159,7 @@ fn map<A: Arch, K: Kernel<A::Simd>, I: Storage, O: Storage>(
     let w = VectorsMut::<A, O>::new(y);
     // Equal lengths, stated where the optimiser can see them.
     let r = Vectors::<A, I>::new(x).fit(w.blocks(), w.rest());
-    in_region(arch, kernel, Mapped { r, w });
+    in_region(arch, kernel, Mapped { src: One(r), w });
 }
 
 #[inline(always)]
@@ -169,6 +171,135 @@ fn update<A: Arch, K: Kernel<A::Simd>, T: Storage>(arch: A, kernel: &mut K, y: &
             w: VectorsMut::<A, T>::new(y),
         },
     );
+}
+
+/// Where a pass over two rows of equal length reads and writes: a main row and
+/// a side row. The side row is of the main row's type or f32; anything written
+/// is of the main row's type.
+pub(crate) enum PairIo<'a> {
+    /// Reads (main, side), writes nothing.
+    Read(AnySlice<'a>, AnySlice<'a>),
+    /// Reads (main, side), writes the third row.
+    Map(AnySlice<'a>, AnySlice<'a>, AnySliceMut<'a>),
+    /// Reads (main, side), overwrites main.
+    InPlace(AnySliceMut<'a>, AnySlice<'a>),
+}
+
+impl<'a> PairIo<'a> {
+    /// Out of place when `main` is given, else in place on `out`.
+    #[inline(always)]
+    pub(crate) fn write(
+        main: Option<AnySlice<'a>>,
+        side: AnySlice<'a>,
+        out: AnySliceMut<'a>,
+    ) -> Self {
+        match main {
+            Some(main) => PairIo::Map(main, side, out),
+            None => PairIo::InPlace(out, side),
+        }
+    }
+}
+
+/// Runs `kernel` over (main, side) pairs of `io`, widening each in registers.
+/// Each supported pairing of types is its own compiled loop.
+#[inline(always)]
+pub(crate) fn run_pair<A: Arch, K: Kernel<A::Simd, (F32s<A>, F32s<A>)>>(
+    arch: A,
+    io: PairIo<'_>,
+    kernel: &mut K,
+) {
+    use AnySlice as R;
+    use AnySliceMut as W;
+    match io {
+        PairIo::Read(main, side) => {
+            assert_eq!(main.len(), side.len(), "paired rows differ in length");
+            match (main, side) {
+                (R::F32(m), R::F32(s)) => read_pair(arch, kernel, m, s),
+                (R::F16(m), R::F16(s)) => read_pair(arch, kernel, m, s),
+                (R::BF16(m), R::BF16(s)) => read_pair(arch, kernel, m, s),
+                (R::F16(m), R::F32(s)) => read_pair(arch, kernel, m, s),
+                (R::BF16(m), R::F32(s)) => read_pair(arch, kernel, m, s),
+                (m, s) => unsupported(m.kind(), s.kind()),
+            }
+        }
+        PairIo::Map(main, side, out) => {
+            let n = main.len();
+            assert!(
+                side.len() == n && out.len() == n,
+                "paired rows differ in length"
+            );
+            match (main, side, out) {
+                (R::F32(m), R::F32(s), W::F32(y)) => map_pair(arch, kernel, m, s, y),
+                (R::F16(m), R::F16(s), W::F16(y)) => map_pair(arch, kernel, m, s, y),
+                (R::BF16(m), R::BF16(s), W::BF16(y)) => map_pair(arch, kernel, m, s, y),
+                (R::F16(m), R::F32(s), W::F16(y)) => map_pair(arch, kernel, m, s, y),
+                (R::BF16(m), R::F32(s), W::BF16(y)) => map_pair(arch, kernel, m, s, y),
+                (m, s, y) => {
+                    assert_eq!(
+                        m.kind(),
+                        y.kind(),
+                        "a paired pass writes its main row's type"
+                    );
+                    unsupported(m.kind(), s.kind())
+                }
+            }
+        }
+        PairIo::InPlace(main, side) => {
+            assert_eq!(main.len(), side.len(), "paired rows differ in length");
+            match (main, side) {
+                (W::F32(y), R::F32(s)) => update_pair(arch, kernel, y, s),
+                (W::F16(y), R::F16(s)) => update_pair(arch, kernel, y, s),
+                (W::BF16(y), R::BF16(s)) => update_pair(arch, kernel, y, s),
+                (W::F16(y), R::F32(s)) => update_pair(arch, kernel, y, s),
+                (W::BF16(y), R::F32(s)) => update_pair(arch, kernel, y, s),
+                (y, s) => unsupported(y.kind(), s.kind()),
+            }
+        }
+    }
+}
+
+#[cold]
+fn unsupported(main: Kind, side: Kind) -> ! {
+    panic!("no paired pass over {main:?} rows with {side:?} side rows")
+}
+
+#[inline(always)]
+fn read_pair<A: Arch, K, M: Storage, S: Storage>(arch: A, kernel: &mut K, m: &[M], s: &[S])
+where
+    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
+{
+    let m = Vectors::<A, M>::new(m);
+    let s = Vectors::<A, S>::new(s).fit(m.blocks.len(), m.rest.len());
+    in_region(arch, kernel, ReadOnly(Two(m, s)));
+}
+
+#[inline(always)]
+fn map_pair<A: Arch, K, M: Storage, S: Storage, O: Storage>(
+    arch: A,
+    kernel: &mut K,
+    m: &[M],
+    s: &[S],
+    y: &mut [O],
+) where
+    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
+{
+    let w = VectorsMut::<A, O>::new(y);
+    let (blocks, rest) = (w.blocks(), w.rest());
+    let src = Two(
+        Vectors::<A, M>::new(m).fit(blocks, rest),
+        Vectors::<A, S>::new(s).fit(blocks, rest),
+    );
+    in_region(arch, kernel, Mapped { src, w });
+}
+
+#[inline(always)]
+fn update_pair<A: Arch, K, M: Storage, S: Storage>(arch: A, kernel: &mut K, y: &mut [M], s: &[S])
+where
+    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
+{
+    let w = VectorsMut::<A, M>::new(y);
+    let side = Vectors::<A, S>::new(s).fit(w.blocks(), w.rest());
+    in_region(arch, kernel, UpdatedWith { w, side });
 }
 
 /// Copies a pass's values through unchanged (the conversions happen in the loads and stores).
@@ -331,110 +462,237 @@ impl<A: Arch, T: Storage> Writer<A> for VectorsMut<'_, A, T> {
     }
 }
 
-/// What one pass does with its row: read only, read one and write another, or
-/// read and overwrite.
+/// What one pass does with its rows: what a step reads (`In`: one vector, or a
+/// pair from two rows of equal length) and where its values go (nowhere, another
+/// row, or back over the first row read).
 trait Lanes<A: Arch> {
+    type In: Copy;
     fn blocks(&self) -> usize;
-    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL];
+    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
     fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
     fn rest(&self) -> usize;
-    fn load_rest(&self, arch: A, j: usize) -> F32s<A>;
+    fn load_rest(&self, arch: A, j: usize) -> Self::In;
     fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>);
     fn tail_len(&self) -> usize;
-    fn load_tail(&self, arch: A) -> F32s<A>;
+    /// The tail's lanes, with `fill` in the lanes past the row.
+    fn load_tail(&self, arch: A, fill: f32) -> Self::In;
     fn store_tail(&mut self, arch: A, v: F32s<A>);
 }
 
-struct ReadOnly<R>(R);
-
-struct Mapped<R, W> {
-    r: R,
-    w: W,
+/// What a pass reads: one row, or two rows read in step.
+trait Source<A: Arch> {
+    type In: Copy;
+    /// The piece counts of the (first) row.
+    fn pieces(&self) -> (usize, usize, usize);
+    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
+    fn load_rest(&self, arch: A, j: usize) -> Self::In;
+    fn load_tail(&self, arch: A, fill: f32) -> Self::In;
 }
 
-struct Updated<W> {
-    w: W,
+/// The tail of `r` with `fill` past the row.
+#[inline(always)]
+fn filled_tail<A: Arch, R: Reader<A>>(arch: A, r: &R, fill: f32) -> F32s<A> {
+    let simd = arch.simd();
+    let valid = simd.mask_between_m32s(0, r.tail_len() as u32).mask();
+    simd.select_f32s(valid, r.load_tail(arch), simd.splat_f32s(fill))
 }
 
-impl<A: Arch, R: Reader<A>> Lanes<A> for ReadOnly<R> {
+/// Pairs of vectors from two blocks.
+#[inline(always)]
+fn zip<V: Copy>(a: [V; UNROLL], b: [V; UNROLL]) -> [(V, V); UNROLL] {
+    let mut out = [(a[0], b[0]); UNROLL];
+    for j in 1..UNROLL {
+        out[j] = (a[j], b[j]);
+    }
+    out
+}
+
+/// One row.
+struct One<R>(R);
+
+impl<A: Arch, R: Reader<A>> Source<A> for One<R> {
+    type In = F32s<A>;
     #[inline(always)]
-    fn blocks(&self) -> usize {
-        self.0.blocks()
+    fn pieces(&self) -> (usize, usize, usize) {
+        (self.0.blocks(), self.0.rest(), self.0.tail_len())
     }
     #[inline(always)]
     fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
         self.0.load_block(arch, i)
     }
     #[inline(always)]
+    fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
+        self.0.load_rest(arch, j)
+    }
+    #[inline(always)]
+    fn load_tail(&self, arch: A, fill: f32) -> F32s<A> {
+        filled_tail(arch, &self.0, fill)
+    }
+}
+
+/// Two rows of equal length, read in step: (main, side).
+struct Two<R1, R2>(R1, R2);
+
+impl<A: Arch, R1: Reader<A>, R2: Reader<A>> Source<A> for Two<R1, R2> {
+    type In = (F32s<A>, F32s<A>);
+    #[inline(always)]
+    fn pieces(&self) -> (usize, usize, usize) {
+        (self.0.blocks(), self.0.rest(), self.0.tail_len())
+    }
+    #[inline(always)]
+    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
+        zip(self.0.load_block(arch, i), self.1.load_block(arch, i))
+    }
+    #[inline(always)]
+    fn load_rest(&self, arch: A, j: usize) -> Self::In {
+        (self.0.load_rest(arch, j), self.1.load_rest(arch, j))
+    }
+    #[inline(always)]
+    fn load_tail(&self, arch: A, fill: f32) -> Self::In {
+        (
+            filled_tail(arch, &self.0, fill),
+            filled_tail(arch, &self.1, fill),
+        )
+    }
+}
+
+/// Reads only.
+struct ReadOnly<R>(R);
+
+/// Reads `src`, writes `w` (same length).
+struct Mapped<R, W> {
+    src: R,
+    w: W,
+}
+
+/// Reads and overwrites `w`.
+struct Updated<W> {
+    w: W,
+}
+
+/// Reads (w, side) pairs and overwrites `w`.
+struct UpdatedWith<W, R> {
+    w: W,
+    side: R,
+}
+
+impl<A: Arch, R: Source<A>> Lanes<A> for ReadOnly<R> {
+    type In = R::In;
+    #[inline(always)]
+    fn blocks(&self) -> usize {
+        self.0.pieces().0
+    }
+    #[inline(always)]
+    fn load_block(&self, arch: A, i: usize) -> [R::In; UNROLL] {
+        self.0.load_block(arch, i)
+    }
+    #[inline(always)]
     fn store_block(&mut self, _: A, _: usize, _: [F32s<A>; UNROLL]) {}
     #[inline(always)]
     fn rest(&self) -> usize {
-        self.0.rest()
+        self.0.pieces().1
     }
     #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
+    fn load_rest(&self, arch: A, j: usize) -> R::In {
         self.0.load_rest(arch, j)
     }
     #[inline(always)]
     fn store_rest(&mut self, _: A, _: usize, _: F32s<A>) {}
     #[inline(always)]
     fn tail_len(&self) -> usize {
-        self.0.tail_len()
+        self.0.pieces().2
     }
     #[inline(always)]
-    fn load_tail(&self, arch: A) -> F32s<A> {
-        self.0.load_tail(arch)
+    fn load_tail(&self, arch: A, fill: f32) -> R::In {
+        self.0.load_tail(arch, fill)
     }
     #[inline(always)]
     fn store_tail(&mut self, _: A, _: F32s<A>) {}
 }
 
-/// Reads from `R`, writes to `W` (or, with `R = W`, from and to the same row).
-macro_rules! writing_lanes {
-    ($ty:ty, $src:ident, $dst:ident, [$($bounds:tt)*]) => {
-        impl<$($bounds)*> Lanes<A> for $ty {
-            #[inline(always)]
-            fn blocks(&self) -> usize {
-                self.$dst.blocks()
-            }
-            #[inline(always)]
-            fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
-                self.$src.load_block(arch, i)
-            }
-            #[inline(always)]
-            fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
-                self.$dst.store_block(arch, i, v)
-            }
-            #[inline(always)]
-            fn rest(&self) -> usize {
-                self.$dst.rest()
-            }
-            #[inline(always)]
-            fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
-                self.$src.load_rest(arch, j)
-            }
-            #[inline(always)]
-            fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>) {
-                self.$dst.store_rest(arch, j, v)
-            }
-            #[inline(always)]
-            fn tail_len(&self) -> usize {
-                self.$dst.tail_len()
-            }
-            #[inline(always)]
-            fn load_tail(&self, arch: A) -> F32s<A> {
-                self.$src.load_tail(arch)
-            }
-            #[inline(always)]
-            fn store_tail(&mut self, arch: A, v: F32s<A>) {
-                self.$dst.store_tail(arch, v)
-            }
+/// The writing half of a [`Lanes`] impl: piece counts and stores go to `self.w`.
+macro_rules! writes_to_w {
+    () => {
+        #[inline(always)]
+        fn blocks(&self) -> usize {
+            self.w.blocks()
+        }
+        #[inline(always)]
+        fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+            self.w.store_block(arch, i, v)
+        }
+        #[inline(always)]
+        fn rest(&self) -> usize {
+            self.w.rest()
+        }
+        #[inline(always)]
+        fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>) {
+            self.w.store_rest(arch, j, v)
+        }
+        #[inline(always)]
+        fn tail_len(&self) -> usize {
+            self.w.tail_len()
+        }
+        #[inline(always)]
+        fn store_tail(&mut self, arch: A, v: F32s<A>) {
+            self.w.store_tail(arch, v)
         }
     };
 }
 
-writing_lanes!(Mapped<R, W>, r, w, [A: Arch, R: Reader<A>, W: Writer<A>]);
-writing_lanes!(Updated<W>, w, w, [A: Arch, W: Writer<A>]);
+impl<A: Arch, R: Source<A>, W: Writer<A>> Lanes<A> for Mapped<R, W> {
+    type In = R::In;
+    writes_to_w!();
+    #[inline(always)]
+    fn load_block(&self, arch: A, i: usize) -> [R::In; UNROLL] {
+        self.src.load_block(arch, i)
+    }
+    #[inline(always)]
+    fn load_rest(&self, arch: A, j: usize) -> R::In {
+        self.src.load_rest(arch, j)
+    }
+    #[inline(always)]
+    fn load_tail(&self, arch: A, fill: f32) -> R::In {
+        self.src.load_tail(arch, fill)
+    }
+}
+
+impl<A: Arch, W: Writer<A>> Lanes<A> for Updated<W> {
+    type In = F32s<A>;
+    writes_to_w!();
+    #[inline(always)]
+    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
+        self.w.load_block(arch, i)
+    }
+    #[inline(always)]
+    fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
+        self.w.load_rest(arch, j)
+    }
+    #[inline(always)]
+    fn load_tail(&self, arch: A, fill: f32) -> F32s<A> {
+        filled_tail(arch, &self.w, fill)
+    }
+}
+
+impl<A: Arch, W: Writer<A>, R: Reader<A>> Lanes<A> for UpdatedWith<W, R> {
+    type In = (F32s<A>, F32s<A>);
+    writes_to_w!();
+    #[inline(always)]
+    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
+        zip(self.w.load_block(arch, i), self.side.load_block(arch, i))
+    }
+    #[inline(always)]
+    fn load_rest(&self, arch: A, j: usize) -> Self::In {
+        (self.w.load_rest(arch, j), self.side.load_rest(arch, j))
+    }
+    #[inline(always)]
+    fn load_tail(&self, arch: A, fill: f32) -> Self::In {
+        (
+            filled_tail(arch, &self.w, fill),
+            filled_tail(arch, &self.side, fill),
+        )
+    }
+}
 
 /// One pass over one row (or chunk), run out of line in the token's region.
 struct Pass<'k, A, K, L> {
@@ -443,7 +701,7 @@ struct Pass<'k, A, K, L> {
     lanes: L,
 }
 
-impl<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>> Body for Pass<'_, A, K, L> {
+impl<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>> Body for Pass<'_, A, K, L> {
     type Output = ();
     #[inline(always)]
     fn call(self) {
@@ -452,7 +710,7 @@ impl<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>> Body for Pass<'_, A, K, L> {
 }
 
 #[inline(always)]
-fn in_region<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, lanes: L) {
+fn in_region<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, lanes: L) {
     arch.region(Pass {
         arch,
         kernel,
@@ -461,14 +719,14 @@ fn in_region<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, 
 }
 
 #[inline(always)]
-fn drive<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, mut lanes: L) {
+fn drive<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, mut lanes: L) {
     let simd = arch.simd();
     let init = kernel.init(simd);
     let mut acc = [init; UNROLL];
     let mut since_flush = 0usize;
     for i in 0..lanes.blocks() {
         let x = lanes.load_block(arch, i);
-        let mut y = x;
+        let mut y = [simd.splat_f32s(0.0); UNROLL];
         for j in 0..UNROLL {
             (acc[j], y[j]) = kernel.step(simd, acc[j], x[j]);
         }
@@ -488,9 +746,7 @@ fn drive<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, mut 
     }
     let tail_len = lanes.tail_len();
     if tail_len > 0 {
-        let valid = simd.mask_between_m32s(0, tail_len as u32).mask();
-        let fill = simd.splat_f32s(kernel.fill());
-        let x = simd.select_f32s(valid, lanes.load_tail(arch), fill);
+        let x = lanes.load_tail(arch, kernel.fill());
         let (next, y) = kernel.step_tail(simd, acc[UNROLL - 1], x, tail_len);
         acc[UNROLL - 1] = next;
         lanes.store_tail(arch, y);
@@ -500,7 +756,11 @@ fn drive<A: Arch, K: Kernel<A::Simd>, L: Lanes<A>>(arch: A, kernel: &mut K, mut 
 }
 
 #[inline(always)]
-fn merge_all<S: Simd, K: Kernel<S>>(simd: S, kernel: &K, acc: [K::Acc; UNROLL]) -> K::Acc {
+fn merge_all<S: Simd, X: Copy, K: Kernel<S, X>>(
+    simd: S,
+    kernel: &K,
+    acc: [K::Acc; UNROLL],
+) -> K::Acc {
     // Pairwise, so the merged terms form a balanced tree.
     let mut acc = acc;
     let mut width = UNROLL;

@@ -31,18 +31,18 @@ use crate::{Method, Output, Temperature};
 pub const ONLINE_BLOCK: usize = 2048;
 
 /// Lifts the subnormal floor a little so rounding never lands just below it.
-const FLOOR_MARGIN: f64 = 1.0 + 1.0 / 524_288.0; // 1 + 2^-19
+pub(crate) const FLOOR_MARGIN: f64 = 1.0 + 1.0 / 524_288.0; // 1 + 2^-19
 
 /// A row that follows the special-value rules instead of the formula.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Special {
+pub(crate) enum Special {
     Nan,
     PosInf(u64),
     Masked,
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Stats {
+pub(crate) enum Stats {
     Special(Special),
     /// S = Σ exp((x - max)/t), as ln S; `min` is a lower bound of the row.
     Finite {
@@ -64,7 +64,7 @@ fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32
 /// `cutoff` (then the passes test each element). The margin covers the
 /// roundings of z; a NaN or infinite bound answers yes.
 #[inline(always)]
-fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
+pub(crate) fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
     let z_min = (min as f64 - max as f64) * inv_t as f64;
     let above = z_min * (1.0 + 1.0 / 1_048_576.0) >= cutoff;
     !above
@@ -217,7 +217,12 @@ fn three_pass_stats<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t
 }
 
 #[inline(always)]
-fn online_stats<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> Stats {
+pub(crate) fn online_stats<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    x: AnySlice<'_>,
+    inv_t: f32,
+) -> Stats {
     let mut max = f32::NEG_INFINITY;
     let mut min = f32::INFINITY;
     let mut sum = 0.0f64;

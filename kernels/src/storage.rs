@@ -30,6 +30,8 @@ pub trait Storage: Copy + Send + Sync + 'static {
     fn store_partial<A: Arch>(arch: A, x: &mut [Self], v: F32s<A>);
     /// `x` rounded once to the type.
     fn from_f64(x: f64) -> Self;
+    /// The value, exactly.
+    fn to_f64(self) -> f64;
 }
 
 impl Storage for f32 {
@@ -61,6 +63,10 @@ impl Storage for f32 {
     #[inline(always)]
     fn from_f64(x: f64) -> f32 {
         x as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
     }
 }
 
@@ -106,6 +112,10 @@ macro_rules! half_storage {
             fn from_f64(x: f64) -> $t {
                 let c = <$t>::from_f64(x).to_bits();
                 <$t>::from_bits(round_once(x, c, |b| <$t>::from_bits(b).to_f64()))
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
             }
         }
     };
@@ -190,6 +200,11 @@ macro_rules! each {
 }
 
 impl<'a> AnySlice<'a> {
+    /// Element `i`, exactly.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> f64 {
+        each!(self, s => s[i].to_f64())
+    }
     #[inline(always)]
     pub fn len(&self) -> usize {
         each!(self, s => s.len())

@@ -1,0 +1,205 @@
+//! Backward passes (vector–Jacobian products) of softmax(x/t) and
+//! log-softmax(x/t), and the Jacobian of softmax, from the forward output y
+//! and the upstream gradient g.
+//!
+//! ```text
+//! softmax      s = Σ g·y                        (pass 1: f32 lanes, into f64 every FLUSH_STEPS)
+//!              dx = y · ((g - s_hi) - s_lo) / t  (pass 2; s = s_hi + s_lo, two f32s)
+//! log-softmax  σ = Σ g                          (pass 1, the same way)
+//!              dx = (g - e^y · σ) / t            (pass 2)
+//! jacobian     J[i] = y · (-y_i / t);  J[i][i] = y_i (1 - y_i) / t  (the diagonal in f64)
+//! ```
+//! Pass 2 may write over g. Non-finite inputs propagate as IEEE arithmetic
+//! does: a NaN or infinite g (or a NaN y) makes s, and so every dx of the row, NaN.
+
+use crate::arch::Arch;
+use crate::exp::{exp_nonpositive, CUTOFF};
+use crate::exp_sum::sum_lanes_f64;
+use crate::loops::{run, run_pair, Io, Kernel, PairIo, Stage};
+use crate::output::{Elementwise, Map};
+use crate::storage::{AnySlice, AnySliceMut};
+use crate::{Output, Temperature};
+use pulp::Simd;
+
+/// Terms per f32 lane before the f64 total takes them (as in the exp sums).
+const FLUSH_STEPS: usize = 8;
+
+/// Σ main·side over a pair of rows.
+struct Dot {
+    total: f64,
+}
+
+impl<S: Simd> Kernel<S, (S::f32s, S::f32s)> for Dot {
+    type Acc = S::f32s;
+    const FLUSH_STEPS: usize = FLUSH_STEPS;
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> S::f32s {
+        simd.splat_f32s(0.0)
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, acc: S::f32s, (g, y): (S::f32s, S::f32s)) -> (S::f32s, S::f32s) {
+        (simd.mul_add_f32s(g, y, acc), g)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+        simd.add_f32s(a, b)
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, acc: S::f32s) {
+        self.total += sum_lanes_f64::<S>(&acc);
+    }
+}
+
+/// Σ x over a row.
+pub(crate) struct Sum {
+    pub(crate) total: f64,
+}
+
+impl<S: Simd> Kernel<S> for Sum {
+    type Acc = S::f32s;
+    const FLUSH_STEPS: usize = FLUSH_STEPS;
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> S::f32s {
+        simd.splat_f32s(0.0)
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, acc: S::f32s, x: S::f32s) -> (S::f32s, S::f32s) {
+        (simd.add_f32s(acc, x), x)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+        simd.add_f32s(a, b)
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, acc: S::f32s) {
+        self.total += sum_lanes_f64::<S>(&acc);
+    }
+}
+
+/// An elementwise map over (main, side) pairs, run through the shared loop.
+trait PairElementwise<S: Simd> {
+    fn apply(&self, simd: S, main: S::f32s, side: S::f32s) -> S::f32s;
+}
+
+struct PairMap<E>(E);
+
+impl<S: Simd, E: PairElementwise<S>> Kernel<S, (S::f32s, S::f32s)> for PairMap<E> {
+    type Acc = ();
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    fn init(&self, _: S) {}
+    #[inline(always)]
+    fn step(&self, simd: S, _: (), (m, s): (S::f32s, S::f32s)) -> ((), S::f32s) {
+        ((), self.0.apply(simd, m, s))
+    }
+    #[inline(always)]
+    fn merge(&self, _: S, _: (), _: ()) {}
+    #[inline(always)]
+    fn flush(&mut self, _: S, _: ()) {}
+}
+
+/// dx = y · ((g - hi) - lo) · inv_t, with (main, side) = (g, y).
+struct SoftmaxGrad {
+    hi: f32,
+    lo: f32,
+    inv_t: f32,
+}
+
+impl<S: Simd> PairElementwise<S> for SoftmaxGrad {
+    #[inline(always)]
+    fn apply(&self, simd: S, g: S::f32s, y: S::f32s) -> S::f32s {
+        let d = simd.sub_f32s(g, simd.splat_f32s(self.hi));
+        let d = simd.sub_f32s(d, simd.splat_f32s(self.lo));
+        simd.mul_f32s(simd.mul_f32s(y, d), simd.splat_f32s(self.inv_t))
+    }
+}
+
+/// dx = (g - e^y · σ) · inv_t, with (main, side) = (g, y).
+struct LogSoftmaxGrad {
+    sigma: f32,
+    inv_t: f32,
+}
+
+impl<S: Simd> PairElementwise<S> for LogSoftmaxGrad {
+    #[inline(always)]
+    fn apply(&self, simd: S, g: S::f32s, y: S::f32s) -> S::f32s {
+        let e = exp_nonpositive(simd, y, simd.splat_f32s(CUTOFF));
+        let d = simd.mul_add_f32s(simd.neg_f32s(e), simd.splat_f32s(self.sigma), g);
+        simd.mul_f32s(d, simd.splat_f32s(self.inv_t))
+    }
+}
+
+/// x · c.
+struct Times(f32);
+
+impl<S: Simd> Elementwise<S> for Times {
+    #[inline(always)]
+    fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
+        simd.mul_f32s(x, simd.splat_f32s(self.0))
+    }
+}
+
+/// The backward pass of one row: `g` given, or in place (`dx` holds g).
+#[inline(always)]
+pub(crate) fn backward_row<A: Arch>(
+    arch: A,
+    output: Output,
+    temperature: Temperature,
+    y: AnySlice<'_>,
+    g: Option<AnySlice<'_>>,
+    dx: AnySliceMut<'_>,
+) {
+    let inv_t = temperature.inv;
+    let g_in = g.unwrap_or(dx.shared());
+    match output {
+        Output::Softmax => {
+            let mut dot = Dot { total: 0.0 };
+            run_pair(arch, PairIo::Read(g_in, y), &mut dot);
+            let hi = dot.total as f32;
+            let lo = (dot.total - hi as f64) as f32;
+            let grad = SoftmaxGrad { hi, lo, inv_t };
+            run_pair(arch, PairIo::write(g, y, dx), &mut PairMap(grad));
+        }
+        Output::LogSoftmax => {
+            let mut sum = Sum { total: 0.0 };
+            run(arch, Io::Read(g_in), &mut Stage::new(&mut []), &mut sum);
+            let grad = LogSoftmaxGrad {
+                sigma: sum.total as f32,
+                inv_t,
+            };
+            run_pair(arch, PairIo::write(g, y, dx), &mut PairMap(grad));
+        }
+    }
+}
+
+/// Row `i` of the softmax Jacobian, diag(y)/t - y yᵀ/t, into `out` (as long as y).
+#[inline(always)]
+pub(crate) fn jacobian_row<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    temperature: Temperature,
+    y: AnySlice<'_>,
+    i: usize,
+    mut out: AnySliceMut<'_>,
+) {
+    let inv_t = temperature.inv as f64;
+    let yi = y.get(i);
+    run(
+        arch,
+        Io::Map(y, out.reborrow()),
+        st,
+        &mut Map(Times((-yi * inv_t) as f32)),
+    );
+    out.set(i, yi * (1.0 - yi) * inv_t);
+}

@@ -1,0 +1,406 @@
+//! Cross-entropy from logits, with its gradient, in two passes over the row and
+//! without a probability ever being stored.
+//!
+//! ```text
+//! target a_j = c·[j = label] + b + s·v_j      (hard label: c = (1-ε)·w_label, b + s·v_j = ε/K·w_j;
+//!                                              soft target q: c = 0, b = ε/K, s = 1-ε, v = q)
+//! A = Σ a_j                                   (known for hard labels; soft ones sum q first)
+//! pass 1    (max, ln S) of z = (x - max)/t     (the online statistics: one read)
+//! pass 2    grad_j = k·(A·e^(z_j - ln S) - a_j)    k = 1/t · (1 or 1/N for a mean)
+//!           T = Σ_{a_j ≠ 0} (b + s·v_j)·z_j         (same read; skipped when there is no gradient
+//!                                                   and no per-class term)
+//! loss      A·ln S - c·z_label - T                 (= -Σ a_j·log-softmax_j, in f64)
+//! ```
+//! A term whose target is 0 adds 0 even where its log-probability is -inf.
+//! Rows whose max is not finite follow the forward rules (NaN anywhere: loss and
+//! gradient NaN; k entries of +inf share probability 1/k and log-probability
+//! -ln k, the rest 0 and -inf; all -inf: probability 0, log-probability -inf)
+//! and are computed element by element in f64.
+
+use crate::arch::Arch;
+use crate::backward::Sum;
+use crate::exp::{exp_flushed_below, CUTOFF};
+use crate::exp_sum::sum_lanes_f64;
+use crate::loops::{run, run_pair, Io, Kernel, PairIo, Stage};
+use crate::output::{Fill, Map};
+use crate::row::{may_fall_below, online_stats, Special, Stats, FLOOR_MARGIN};
+use crate::shift::{with_shift, AnyShift, Shift};
+use crate::storage::{AnySlice, AnySliceMut};
+use crate::Temperature;
+use pulp::Simd;
+
+/// What one row is scored against.
+#[derive(Clone, Copy, Debug)]
+pub enum RowTarget<'a> {
+    /// A class index (below the row length).
+    Class(usize),
+    /// No target: loss 0, gradient 0.
+    Ignored,
+    /// A target distribution as long as the row.
+    Soft(AnySlice<'a>),
+}
+
+/// The options of a cross-entropy call, the same for every row.
+#[derive(Clone, Copy, Debug)]
+pub struct LossOptions<'a> {
+    pub temperature: Temperature,
+    /// Label smoothing ε in [0, 1).
+    pub smoothing: f32,
+    /// Per-class weights (hard labels only), finite and ≥ 0.
+    pub weights: Option<&'a [f32]>,
+    /// Σ weights, or the class count without weights.
+    pub weight_sum: f64,
+    /// Multiplies every gradient (1, or 1/N for a mean).
+    pub grad_scale: f64,
+}
+
+/// The target of a row as coefficients: a_j = label_coef·[j = label] + base + side_coef·v_j.
+struct Coefficients<'a> {
+    label: Option<usize>,
+    label_coef: f64,
+    base: f64,
+    side_coef: f64,
+    side: Option<AnySlice<'a>>,
+    /// A = Σ a_j.
+    total: f64,
+}
+
+impl Coefficients<'_> {
+    #[inline(always)]
+    fn at(&self, j: usize) -> f64 {
+        let side = match self.side {
+            Some(v) if self.side_coef != 0.0 => self.side_coef * v.get(j),
+            _ => 0.0,
+        };
+        let label = if self.label == Some(j) {
+            self.label_coef
+        } else {
+            0.0
+        };
+        label + self.base + side
+    }
+}
+
+/// Pass 2: the gradient (when written) and Σ (b + s·v_j)·z_j over the terms whose target is not 0.
+struct LossGrad<Z, const FLUSH: bool> {
+    shift: Z,
+    cutoff: f32,
+    /// k·A/S.
+    r: f32,
+    base: f32,
+    side: f32,
+    /// k·b and k·s.
+    base_k: f32,
+    side_k: f32,
+    total: f64,
+}
+
+impl<Z: Shift, const FLUSH: bool> LossGrad<Z, FLUSH> {
+    #[inline(always)]
+    fn exp<S: Simd, const F: bool>(&self, simd: S, z: S::f32s) -> S::f32s {
+        exp_flushed_below::<S, F>(simd, z, self.cutoff)
+    }
+}
+
+/// Keeps the first `valid` lanes of `v` and zeroes the rest.
+#[inline(always)]
+fn first_lanes<S: Simd>(simd: S, v: S::f32s, valid: usize) -> S::f32s {
+    let keep = simd.mask_between_m32s(0, valid as u32).mask();
+    simd.select_f32s(keep, v, simd.splat_f32s(0.0))
+}
+
+/// Hard labels without per-class terms beyond a constant b: a_j = b (+ the label).
+impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for LossGrad<Z, FLUSH> {
+    /// Σ z.
+    type Acc = S::f32s;
+    const FLUSH_STEPS: usize = 8;
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        f32::NEG_INFINITY
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> S::f32s {
+        simd.splat_f32s(0.0)
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, acc: S::f32s, x: S::f32s) -> (S::f32s, S::f32s) {
+        let z = self.shift.z(simd, x);
+        let e = self.exp::<S, FLUSH>(simd, z);
+        let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.splat_f32s(-self.base_k));
+        (simd.add_f32s(acc, z), g)
+    }
+    #[inline(always)]
+    fn step_tail(&self, simd: S, acc: S::f32s, x: S::f32s, valid: usize) -> (S::f32s, S::f32s) {
+        let z = self.shift.z(simd, x);
+        let e = self.exp::<S, true>(simd, z);
+        let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.splat_f32s(-self.base_k));
+        (simd.add_f32s(acc, first_lanes(simd, z, valid)), g)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+        simd.add_f32s(a, b)
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, acc: S::f32s) {
+        self.total += sum_lanes_f64::<S>(&acc);
+    }
+}
+
+impl<Z: Shift, const FLUSH: bool> LossGrad<Z, FLUSH> {
+    /// (Σ-term, gradient) of (x, v) with the underflow test (`F`) or without.
+    #[inline(always)]
+    fn pair<S: Simd, const F: bool>(&self, simd: S, x: S::f32s, v: S::f32s) -> (S::f32s, S::f32s) {
+        let z = self.shift.z(simd, x);
+        let e = self.exp::<S, F>(simd, z);
+        let a = simd.mul_add_f32s(simd.splat_f32s(self.side), v, simd.splat_f32s(self.base));
+        let a_k = simd.mul_add_f32s(
+            simd.splat_f32s(self.side_k),
+            v,
+            simd.splat_f32s(self.base_k),
+        );
+        let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.neg_f32s(a_k));
+        let zero = simd.splat_f32s(0.0);
+        let counted = simd.not_m32s(simd.equal_f32s(a, zero));
+        (simd.select_f32s(counted, simd.mul_f32s(a, z), zero), g)
+    }
+}
+
+/// [`LossGrad`] over (x, v) pairs.
+struct WithSide<K>(K);
+
+/// A side row v: per-class weights, or a soft target.
+impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S, (S::f32s, S::f32s)>
+    for WithSide<LossGrad<Z, FLUSH>>
+{
+    /// Σ a_j·z_j.
+    type Acc = S::f32s;
+    const FLUSH_STEPS: usize = 8;
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        f32::NEG_INFINITY
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> S::f32s {
+        simd.splat_f32s(0.0)
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, acc: S::f32s, (x, v): (S::f32s, S::f32s)) -> (S::f32s, S::f32s) {
+        let (t, g) = self.0.pair::<S, FLUSH>(simd, x, v);
+        (simd.add_f32s(acc, t), g)
+    }
+    #[inline(always)]
+    fn step_tail(
+        &self,
+        simd: S,
+        acc: S::f32s,
+        (x, v): (S::f32s, S::f32s),
+        valid: usize,
+    ) -> (S::f32s, S::f32s) {
+        let (t, g) = self.0.pair::<S, true>(simd, x, v);
+        (simd.add_f32s(acc, first_lanes(simd, t, valid)), g)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+        simd.add_f32s(a, b)
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, acc: S::f32s) {
+        self.0.total += sum_lanes_f64::<S>(&acc);
+    }
+}
+
+/// The loss of one row; its gradient too when `grad` is given. In place when
+/// `x` is `None` (then `grad` holds the logits).
+#[inline(always)]
+pub(crate) fn cross_entropy_row<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    options: &LossOptions<'_>,
+    target: RowTarget<'_>,
+    x: Option<AnySlice<'_>>,
+    mut grad: Option<AnySliceMut<'_>>,
+) -> f64 {
+    let k = match (&x, &grad) {
+        (Some(x), _) => x.len(),
+        (None, Some(g)) => g.len(),
+        (None, None) => unreachable!("a cross-entropy row needs its logits"),
+    };
+    let eps = options.smoothing as f64;
+    let per_class = if k > 0 { eps / k as f64 } else { 0.0 };
+    let c = match target {
+        RowTarget::Ignored => {
+            if let Some(g) = grad {
+                run(arch, Io::InPlace(g), st, &mut Map(Fill(0.0)));
+            }
+            return 0.0;
+        }
+        RowTarget::Class(label) => {
+            let w = options.weights.map_or(1.0, |w| w[label] as f64);
+            let (base, side_coef, side) = match options.weights {
+                Some(weights) if eps > 0.0 => (0.0, per_class, Some(AnySlice::F32(weights))),
+                _ => (per_class, 0.0, None),
+            };
+            Coefficients {
+                label: Some(label),
+                label_coef: (1.0 - eps) * w,
+                base,
+                side_coef,
+                side,
+                total: (1.0 - eps) * w + per_class * options.weight_sum,
+            }
+        }
+        RowTarget::Soft(q) => {
+            let mut sum = Sum { total: 0.0 };
+            run(arch, Io::Read(q), st, &mut sum);
+            Coefficients {
+                label: None,
+                label_coef: 0.0,
+                base: per_class,
+                side_coef: 1.0 - eps,
+                side: Some(q),
+                total: (1.0 - eps) * sum.total + eps,
+            }
+        }
+    };
+    let inv_t = options.temperature.inv;
+    let scale = options.grad_scale * inv_t as f64;
+    let stats = match (&x, &grad) {
+        (Some(x), _) => online_stats(arch, st, *x, inv_t),
+        (None, Some(g)) => online_stats(arch, st, g.shared(), inv_t),
+        (None, None) => unreachable!(),
+    };
+    let (max, min, ln_sum) = match stats {
+        Stats::Finite { max, min, ln_sum } => (max, min, ln_sum),
+        Stats::Special(special) => return special_row(special, &c, scale, x, grad),
+    };
+    let x_label = c.label.map(|j| match (&x, &grad) {
+        (Some(x), _) => x.get(j),
+        (_, Some(g)) => g.shared().get(j),
+        _ => unreachable!(),
+    });
+    let has_terms = c.base != 0.0 || c.side.is_some();
+    let mut terms = 0.0;
+    if grad.is_some() || has_terms {
+        let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
+        let flush = may_fall_below(max, min, inv_t, cutoff as f64);
+        let io = Pass {
+            x,
+            grad: grad.as_mut().map(|g| g.reborrow()),
+            side: c.side,
+        };
+        let r = (scale * c.total * (-ln_sum).exp()) as f32;
+        terms = with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
+            io.run::<A, _, true>(arch, st, loss_grad(z, cutoff, r, &c, scale))
+        } else {
+            io.run::<A, _, false>(arch, st, loss_grad(z, cutoff, r, &c, scale))
+        });
+        if c.side.is_none() {
+            terms *= c.base;
+        }
+    }
+    let mut loss = c.total * ln_sum - terms;
+    if let (Some(label), Some(x_label)) = (c.label, x_label) {
+        let z_label = (x_label - max as f64) * inv_t as f64;
+        if c.label_coef != 0.0 {
+            loss -= c.label_coef * z_label;
+        }
+        if let Some(g) = grad.as_mut() {
+            let p = (z_label - ln_sum).exp();
+            g.set(label, scale * (c.total * p - c.at(label)));
+        }
+    }
+    loss
+}
+
+#[inline(always)]
+fn loss_grad<Z: Shift, const FLUSH: bool>(
+    shift: Z,
+    cutoff: f32,
+    r: f32,
+    c: &Coefficients<'_>,
+    scale: f64,
+) -> LossGrad<Z, FLUSH> {
+    LossGrad {
+        shift,
+        cutoff,
+        r,
+        base: c.base as f32,
+        side: c.side_coef as f32,
+        base_k: (scale * c.base) as f32,
+        side_k: (scale * c.side_coef) as f32,
+        total: 0.0,
+    }
+}
+
+/// Where pass 2 reads and writes.
+struct Pass<'a, 'g> {
+    x: Option<AnySlice<'a>>,
+    grad: Option<AnySliceMut<'g>>,
+    side: Option<AnySlice<'a>>,
+}
+
+impl Pass<'_, '_> {
+    /// Runs `k` over the row and returns its Σ-term.
+    #[inline(always)]
+    fn run<A: Arch, Z: Shift, const FLUSH: bool>(
+        self,
+        arch: A,
+        st: &mut Stage<'_>,
+        mut k: LossGrad<Z, FLUSH>,
+    ) -> f64 {
+        match (self.side, self.x, self.grad) {
+            (None, Some(x), None) => run(arch, Io::Read(x), st, &mut k),
+            (None, x, Some(g)) => run(arch, Io::write(x, g), st, &mut k),
+            (Some(v), Some(x), None) => {
+                let mut k2 = WithSide(k);
+                run_pair(arch, PairIo::Read(x, v), &mut k2);
+                return k2.0.total;
+            }
+            (Some(v), x, Some(g)) => {
+                let mut k2 = WithSide(k);
+                run_pair(arch, PairIo::write(x, v, g), &mut k2);
+                return k2.0.total;
+            }
+            (_, None, None) => unreachable!(),
+        }
+        k.total
+    }
+}
+
+/// A row whose max is not finite, element by element in f64 under the forward rules.
+#[cold]
+fn special_row(
+    special: Special,
+    c: &Coefficients<'_>,
+    scale: f64,
+    x: Option<AnySlice<'_>>,
+    mut grad: Option<AnySliceMut<'_>>,
+) -> f64 {
+    let k = match (&x, &grad) {
+        (Some(x), _) => x.len(),
+        (_, Some(g)) => g.len(),
+        _ => 0,
+    };
+    let mut loss = 0.0;
+    for j in 0..k {
+        let xj = match (&x, &grad) {
+            (Some(x), _) => x.get(j),
+            (_, Some(g)) => g.shared().get(j),
+            _ => unreachable!(),
+        };
+        let (p, log_p) = match special {
+            Special::Nan => (f64::NAN, f64::NAN),
+            Special::Masked => (0.0, f64::NEG_INFINITY),
+            Special::PosInf(n) if xj == f64::INFINITY => (1.0 / n as f64, -(n as f64).ln()),
+            Special::PosInf(_) => (0.0, f64::NEG_INFINITY),
+        };
+        let a = c.at(j);
+        if a != 0.0 || log_p.is_nan() {
+            loss -= a * log_p;
+        }
+        if let Some(g) = grad.as_mut() {
+            g.set(j, scale * (c.total * p - a));
+        }
+    }
+    loss
+}
