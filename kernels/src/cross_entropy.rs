@@ -368,7 +368,7 @@ impl Pass<'_, '_> {
 }
 
 /// A row whose max is not finite, element by element in f64 under the forward rules.
-#[cold]
+#[inline(always)]
 fn special_row(
     special: Special,
     c: &Coefficients<'_>,

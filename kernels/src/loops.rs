@@ -8,6 +8,9 @@
 //! flush(merge(acc))
 //! ```
 //!
+//! `x[i]` is one vector of a row, or a pair of vectors from two rows of equal
+//! length read in step (a main row and a side row: `run_pair`; the backward
+//! passes and the cross-entropy with weights or soft targets).
 //! A kernel that produces values has them stored by the same loop (out of place
 //! or in place); a reduction over a read-only row stores nothing. Each pass
 //! runs in its own out-of-line function with the ISA's target features
@@ -258,7 +261,7 @@ pub(crate) fn run_pair<A: Arch, K: Kernel<A::Simd, (F32s<A>, F32s<A>)>>(
     }
 }
 
-#[cold]
+#[inline(always)]
 fn unsupported(main: Kind, side: Kind) -> ! {
     panic!("no paired pass over {main:?} rows with {side:?} side rows")
 }
