@@ -8,7 +8,9 @@
 //! pass 1    (max, ln S) of z = (x - max)/t     (the online statistics: one read)
 //! pass 2    grad_j = k·(A·e^(z_j - ln S) - a_j)    k = 1/t · (1 or 1/N for a mean)
 //!           T = Σ_{a_j ≠ 0} (b + s·v_j)·z_j         (same read; skipped when there is no gradient
-//!                                                   and no per-class term)
+//!                                                   and no per-class term; summed as
+//!                                                   (x·2^-64 - max·2^-64)·2^64/t so that it stays
+//!                                                   finite for logits near ±f32::MAX)
 //! loss      A·ln S - c·z_label - T                 (= -Σ a_j·log-softmax_j, in f64)
 //! ```
 //! A term whose target is 0 adds 0 even where its log-probability is -inf.
@@ -92,13 +94,26 @@ struct LossGrad<Z, const FLUSH: bool> {
     /// k·b and k·s.
     base_k: f32,
     side_k: f32,
+    /// max · 2^-64.
+    max_scaled: f32,
+    /// Σ of the terms' (x - max)·2^-64.
     total: f64,
 }
+
+/// 2^-64: scales x - max into range for any pair of finite f32s.
+const DOWN: f32 = 1.0 / 18_446_744_073_709_551_616.0;
+/// 2^64.
+const UP: f64 = 18_446_744_073_709_551_616.0;
 
 impl<Z: Shift, const FLUSH: bool> LossGrad<Z, FLUSH> {
     #[inline(always)]
     fn exp<S: Simd, const F: bool>(&self, simd: S, z: S::f32s) -> S::f32s {
         exp_flushed_below::<S, F>(simd, z, self.cutoff)
+    }
+    /// (x - max)·2^-64, rounded once: finite wherever x is.
+    #[inline(always)]
+    fn scaled_difference<S: Simd>(&self, simd: S, x: S::f32s) -> S::f32s {
+        simd.mul_add_f32s(x, simd.splat_f32s(DOWN), simd.splat_f32s(-self.max_scaled))
     }
 }
 
@@ -111,7 +126,7 @@ fn first_lanes<S: Simd>(simd: S, v: S::f32s, valid: usize) -> S::f32s {
 
 /// Hard labels without per-class terms beyond a constant b: a_j = b (+ the label).
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for LossGrad<Z, FLUSH> {
-    /// Σ z.
+    /// Σ (x - max)·2^-64.
     type Acc = S::f32s;
     const FLUSH_STEPS: usize = 8;
     #[inline(always)]
@@ -127,14 +142,15 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for LossGrad<Z, FLUSH> {
         let z = self.shift.z(simd, x);
         let e = self.exp::<S, FLUSH>(simd, z);
         let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.splat_f32s(-self.base_k));
-        (simd.add_f32s(acc, z), g)
+        (simd.add_f32s(acc, self.scaled_difference(simd, x)), g)
     }
     #[inline(always)]
     fn step_tail(&self, simd: S, acc: S::f32s, x: S::f32s, valid: usize) -> (S::f32s, S::f32s) {
         let z = self.shift.z(simd, x);
         let e = self.exp::<S, true>(simd, z);
         let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.splat_f32s(-self.base_k));
-        (simd.add_f32s(acc, first_lanes(simd, z, valid)), g)
+        let d = self.scaled_difference(simd, x);
+        (simd.add_f32s(acc, first_lanes(simd, d, valid)), g)
     }
     #[inline(always)]
     fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
@@ -161,8 +177,44 @@ impl<Z: Shift, const FLUSH: bool> LossGrad<Z, FLUSH> {
         let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.neg_f32s(a_k));
         let zero = simd.splat_f32s(0.0);
         let counted = simd.not_m32s(simd.equal_f32s(a, zero));
-        (simd.select_f32s(counted, simd.mul_f32s(a, z), zero), g)
+        let d = self.scaled_difference(simd, x);
+        (simd.select_f32s(counted, simd.mul_f32s(a, d), zero), g)
     }
+}
+
+/// [`LossGrad`]'s gradient alone, for targets with no per-class term (b = 0, no side row).
+struct GradOnly<K>(K);
+
+impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for GradOnly<LossGrad<Z, FLUSH>> {
+    type Acc = ();
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        f32::NEG_INFINITY
+    }
+    #[inline(always)]
+    fn init(&self, _: S) {}
+    #[inline(always)]
+    fn step(&self, simd: S, _: (), x: S::f32s) -> ((), S::f32s) {
+        let k = &self.0;
+        let e = k.exp::<S, FLUSH>(simd, k.shift.z(simd, x));
+        (
+            (),
+            simd.mul_add_f32s(e, simd.splat_f32s(k.r), simd.splat_f32s(-k.base_k)),
+        )
+    }
+    #[inline(always)]
+    fn step_tail(&self, simd: S, _: (), x: S::f32s, _: usize) -> ((), S::f32s) {
+        let k = &self.0;
+        let e = k.exp::<S, true>(simd, k.shift.z(simd, x));
+        (
+            (),
+            simd.mul_add_f32s(e, simd.splat_f32s(k.r), simd.splat_f32s(-k.base_k)),
+        )
+    }
+    #[inline(always)]
+    fn merge(&self, _: S, _: (), _: ()) {}
+    #[inline(always)]
+    fn flush(&mut self, _: S, _: ()) {}
 }
 
 /// [`LossGrad`] over (x, v) pairs.
@@ -172,7 +224,7 @@ struct WithSide<K>(K);
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S, (S::f32s, S::f32s)>
     for WithSide<LossGrad<Z, FLUSH>>
 {
-    /// Σ a_j·z_j.
+    /// Σ a_j·(x_j - max)·2^-64.
     type Acc = S::f32s;
     const FLUSH_STEPS: usize = 8;
     #[inline(always)]
@@ -289,13 +341,16 @@ pub(crate) fn cross_entropy_row<A: Arch>(
             side: c.side,
         };
         let r = (scale * c.total * (-ln_sum).exp()) as f32;
-        terms = with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
-            io.run::<A, _, true>(arch, st, loss_grad(z, cutoff, r, &c, scale))
+        let scaled = with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
+            io.run::<A, _, true>(arch, st, loss_grad(z, cutoff, r, &c, scale, max))
         } else {
-            io.run::<A, _, false>(arch, st, loss_grad(z, cutoff, r, &c, scale))
+            io.run::<A, _, false>(arch, st, loss_grad(z, cutoff, r, &c, scale, max))
         });
+        terms = scaled * UP * inv_t as f64;
+        // Without a side row each term is b·z: none at all when b = 0 (a -inf
+        // logit would otherwise give 0·-inf).
         if c.side.is_none() {
-            terms *= c.base;
+            terms = if c.base != 0.0 { terms * c.base } else { 0.0 };
         }
     }
     let mut loss = c.total * ln_sum - terms;
@@ -319,8 +374,10 @@ fn loss_grad<Z: Shift, const FLUSH: bool>(
     r: f32,
     c: &Coefficients<'_>,
     scale: f64,
+    max: f32,
 ) -> LossGrad<Z, FLUSH> {
     LossGrad {
+        max_scaled: max * DOWN,
         shift,
         cutoff,
         r,
@@ -349,6 +406,10 @@ impl Pass<'_, '_> {
         mut k: LossGrad<Z, FLUSH>,
     ) -> f64 {
         match (self.side, self.x, self.grad) {
+            (None, x, Some(g)) if k.base == 0.0 => {
+                run(arch, Io::write(x, g), st, &mut GradOnly(k));
+                return 0.0;
+            }
             (None, Some(x), None) => run(arch, Io::Read(x), st, &mut k),
             (None, x, Some(g)) => run(arch, Io::write(x, g), st, &mut k),
             (Some(v), Some(x), None) => {
