@@ -18,6 +18,7 @@ pub mod bounds;
 pub mod check;
 pub mod inputs;
 pub mod oracle;
+pub mod training;
 
 pub use backend::{Backend, Op, Outputs, ALGORITHMS};
 pub use check::{check_row, Label, Sweep};
