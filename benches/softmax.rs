@@ -17,25 +17,43 @@
 //! A half-precision batch is half the bytes, so it gets two buffer sets used
 //! in turn: every iteration still meets memory 128 MiB of traffic has evicted.
 //!
+//! The `training/` groups time whole batches, best ISA, one thread and rayon's
+//! global pool: the forward softmax (out of place, `Algorithm::Auto`) as the
+//! yardstick, `softmax_backward_rows` (out of place and in place),
+//! `log_softmax_backward_rows`, and `CrossEntropy` (mean over rows, class
+//! labels): `loss_and_grad` into a gradient buffer, `loss_and_grad_in_place`
+//! and `loss` alone, on 64×4096 (1 MiB per tensor, in cache) and 512×128256
+//! (263 MB per tensor). In-place passes get their input copied back before
+//! each call, outside the timed region. Each pass is checked first on the
+//! first two and last two rows against the scalar ISA, within 1e-5 of the
+//! row's largest |reference| (gradients are ~1/cols), and every output and
+//! row loss must have been written.
+//!
 //! Every bench checks its answer once against the crate's scalar ISA
 //! (three-pass) before it is timed; half-precision outputs, widened, against the
 //! scalar ISA's f32 softmax of the widened input, within one unit in their last
 //! place. Groups report elements/s; the `bytes/` groups repeat the `auto` rows
 //! with bytes/s (read + written once).
 //!
-//! `cargo bench --bench softmax -- softmax/1024` runs one group.
+//! `cargo bench --bench softmax -- softmax/1024` runs one group;
+//! `cargo bench --bench softmax -- training` the training ones.
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::{measurement::WallTime, SamplingMode};
 use softmax::half::{bf16, f16};
-use softmax::{Algorithm, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
+use softmax::{Algorithm, CrossEntropy, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
 #[path = "../src/bin/report/baselines.rs"]
 mod baselines;
 use baselines::*;
+
+#[allow(dead_code)]
+#[path = "../src/bin/report/training.rs"]
+mod training;
+use training::{Pass, Training, TRAINING_TOLERANCE};
 
 const IN_CACHE_COLS: [usize; 3] = [128, 1024, 32000];
 /// 64 MiB of logits and 64 MiB of output: beyond any last-level cache this crate targets.
@@ -56,6 +74,9 @@ const NAIVE_TOLERANCE: f32 = 1e-4;
 const SCALE: f32 = -1.0;
 /// Single rows of the `dtype/` groups; the batch is OUT_OF_CACHE.
 const DTYPE_COLS: [usize; 2] = [1024, 32000];
+/// Batches of the `training/` groups: in cache, and 512 rows of a 128256-token
+/// vocabulary (263 MB per f32 tensor).
+const TRAINING_SHAPES: [(usize, usize); 2] = [(64, 4096), (512, 128256)];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Operation {
@@ -568,6 +589,57 @@ fn by_dtype(c: &mut Criterion) {
     group.finish();
 }
 
+// ------------------------------------------------------------------ training
+
+/// Every training pass on whole batches, best ISA, one thread and rayon's
+/// global pool; elements/s, so each pass reads against `softmax` in its group.
+fn by_training(c: &mut Criterion) {
+    let threads = rayon::current_num_threads();
+    for (rows, cols) in TRAINING_SHAPES {
+        let mut work = Training::new(rows, cols);
+        let mut group = c.benchmark_group(format!("training/{rows}x{cols}"));
+        group.throughput(Throughput::Elements((rows * cols) as u64));
+        if rows * cols > 1 << 20 {
+            // About 0.1 s a call on one thread: fixed iterations per sample.
+            group.sampling_mode(SamplingMode::Flat);
+            group.sample_size(10);
+        }
+        for (name, parallelism) in [
+            ("1-thread".to_string(), Parallelism::Serial),
+            (format!("{threads}-threads"), Parallelism::Auto),
+        ] {
+            let best = Subject::Crate(Isa::detect(), Algorithm::Auto);
+            let softmax = options(best, parallelism.clone());
+            let cross_entropy = CrossEntropy::new()
+                .isa(Isa::detect())
+                .expect("the detected ISA is available")
+                .parallelism(parallelism);
+            for pass in Pass::ALL {
+                let error = work.check(pass, &softmax, &cross_entropy);
+                assert!(
+                    error <= TRAINING_TOLERANCE,
+                    "{} ({}) on {rows}x{cols}, {name}: |Δ| {error:e} against the scalar ISA > {TRAINING_TOLERANCE:e}",
+                    pass.name(),
+                    softmax.get_isa()
+                );
+                group.bench_function(format!("{}/{name}", pass.name()), |b| {
+                    b.iter_custom(|iters| {
+                        let mut timed = Duration::ZERO;
+                        for _ in 0..iters {
+                            work.reset(pass);
+                            let start = Instant::now();
+                            black_box(work.call(pass, &softmax, &cross_entropy).unwrap());
+                            timed += start.elapsed();
+                        }
+                        timed
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
 fn config() -> Criterion {
     // Short: ~180 benches; the suite should finish in a few minutes.
     Criterion::default()
@@ -579,6 +651,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = by_elements, by_bytes, by_threads, by_dtype
+    targets = by_elements, by_bytes, by_threads, by_dtype, by_training
 }
 criterion_main!(benches);

@@ -14,9 +14,15 @@
 //! (single rows, a small batch, the out-of-cache batch), and gives each pair of
 //! element types its throughput as a multiple of f32→f32's in the same run.
 //!
+//! A third table, "training", measures on one f32 batch (by default 512×128256:
+//! 263 MB per tensor) the backward passes of softmax and log-softmax and
+//! cross-entropy from logits (loss and gradient, out of place and in place; the
+//! loss alone) beside the forward softmax, and gives each its throughput as a
+//! multiple of the forward softmax's in the same run.
+//!
 //! Every configuration is checked once against the crate's scalar ISA before it
 //! is timed (half-precision outputs within one unit in the last place of their
-//! type). Results go to stdout as tables, progress to stderr, and files to
+//! type; training passes on a few rows). Results go to stdout as tables, progress to stderr, and files to
 //! `report-out/`: results.csv, results.json and throughput.svg.
 //!
 //! Only std, rayon, pulp and half (dependencies of the crate itself) are used, so
@@ -25,6 +31,7 @@
 #[allow(dead_code)]
 mod baselines;
 mod svg;
+mod training;
 
 use baselines::{copy_scale, naive_softmax};
 use rayon::prelude::*;
@@ -35,6 +42,7 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use training::{Pass, Training, TRAINING_TOLERANCE};
 
 /// Single rows (latency), small batches, a tall-thin batch, and batches that
 /// spill the last-level cache. 32000 and 128256 are LLM vocabulary sizes.
@@ -49,6 +57,16 @@ const STANDARD_SHAPES: [(usize, usize); 8] = [
     (2048, 2048),
 ];
 const QUICK_SHAPES: [(usize, usize); 2] = [(1, 1024), (64, 1024)];
+/// The training table's batch: 512 rows of a 128256-token vocabulary, f32
+/// (263 MB per tensor; its passes touch two or three of them).
+const TRAINING_SHAPE: Shape = Shape {
+    rows: 512,
+    cols: 128256,
+};
+const QUICK_TRAINING_SHAPE: Shape = Shape {
+    rows: 64,
+    cols: 4096,
+};
 /// The standard shapes the half-precision table measures: single rows and a
 /// small batch in cache, and the batch that spills the cache.
 const HALF_SHAPES: [(usize, usize); 4] = [(1, 1024), (1, 32000), (64, 1024), (512, 32000)];
@@ -113,6 +131,10 @@ usage: cargo run --release --bin report -- [flags]
                             table); f32-f32 is always measured, as the yardstick.
                             Its shapes: those of --shapes if given, else the
                             standard 1x1024, 1x32000, 64x1024 and 512x32000
+  --training 512x128256     the training table's shape (f32; default 512x128256,
+                            with --quick 64x4096; none: no table): forward
+                            softmax, softmax and log-softmax backward,
+                            cross-entropy loss and gradient, loss alone
   --out DIR                 where results.csv, results.json and throughput.svg
                             go (default: report-out)
   --quick                   a few seconds: two small shapes, short samples
@@ -120,7 +142,8 @@ usage: cargo run --release --bin report -- [flags]
 
 Exits 1 if any configuration differs from the scalar ISA by more than
 1e-6 · max(1, |reference|) (half-precision outputs: 2^-10 for f16, 2^-7 for
-bf16, · max(|reference|, 2^-14)), 2 on a bad flag or an unwritable output directory.";
+bf16, · max(|reference|, 2^-14); training passes: 1e-5 · the row's largest
+|reference|), 2 on a bad flag or an unwritable output directory.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Shape {
@@ -296,6 +319,8 @@ struct Config {
     /// none) and its shapes.
     pairs: Vec<Pair>,
     half_shapes: Vec<Shape>,
+    /// The training table's shape, or none.
+    training: Option<Shape>,
 }
 
 /// Parses the flags by hand (no clap: the report may only use the crate's dependencies).
@@ -315,9 +340,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
         out: PathBuf::from("report-out"),
         pairs: ALL_PAIRS.to_vec(),
         half_shapes: Vec::new(),
+        training: Some(TRAINING_SHAPE),
     };
     let (mut quick, mut shapes_given, mut seconds_given, mut samples_given) =
         (false, false, false, false);
+    let mut training_given = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Both "--flag value" and "--flag=value".
@@ -369,6 +396,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
                     pairs => list(pairs, Pair::parse)?,
                 }
             }
+            "--training" => {
+                config.training = match value()?.trim() {
+                    "none" => None,
+                    shape => Some(Shape::parse(shape)?),
+                };
+                training_given = true;
+            }
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
@@ -385,6 +419,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
         }
         if !samples_given {
             config.samples = 3;
+        }
+        if !training_given {
+            config.training = Some(QUICK_TRAINING_SHAPE);
         }
     }
     config.threads.dedup();
@@ -546,6 +583,8 @@ enum Op {
     Softmax(Isa, Algorithm),
     LogSoftmax(Isa, Algorithm),
     LogSumExp(Isa, Algorithm),
+    /// A pass of the training table, on the detected ISA.
+    Training(Pass),
 }
 
 impl Op {
@@ -556,13 +595,14 @@ impl Op {
             Op::Softmax(..) => "softmax",
             Op::LogSoftmax(..) => "log-softmax",
             Op::LogSumExp(..) => "logsumexp",
+            Op::Training(pass) => pass.name(),
         }
     }
 
     fn isa(self) -> String {
         match self {
             Op::Naive => "scalar".into(),
-            Op::CopyScale => format!("{}", Isa::detect()),
+            Op::CopyScale | Op::Training(_) => format!("{}", Isa::detect()),
             Op::Softmax(isa, _) | Op::LogSoftmax(isa, _) | Op::LogSumExp(isa, _) => isa.to_string(),
         }
     }
@@ -572,6 +612,8 @@ impl Op {
             Op::Naive => "3-loop",
             Op::CopyScale => "y=c·x",
             Op::Softmax(_, a) | Op::LogSoftmax(_, a) | Op::LogSumExp(_, a) => a.name(),
+            Op::Training(Pass::Forward) => Algorithm::Auto.name(),
+            Op::Training(_) => "-",
         }
     }
 }
@@ -721,6 +763,7 @@ impl Workload {
                 softmax.log_softmax_rows(rows(), RowsMut::contiguous(y, cols).unwrap())
             }
             Op::LogSumExp(..) => softmax.logsumexp_rows(rows(), lse),
+            Op::Training(_) => unreachable!("the training table has its own workload"),
         };
         result.unwrap_or_else(|e| panic!("{} refused a valid call: {e}", op.name()));
     }
@@ -825,6 +868,7 @@ impl Timed for OpRun<'_> {
                 &reference.log_softmax[elements],
             ),
             Op::LogSumExp(..) => max_error(&work.lse[0][..count], &reference.logsumexp[..count]),
+            Op::Training(_) => unreachable!("the training table has its own workload"),
         };
         (one_call, error)
     }
@@ -1027,6 +1071,7 @@ fn measure_group(
         let (isa, algorithm) = match op {
             Op::Softmax(i, a) | Op::LogSoftmax(i, a) | Op::LogSumExp(i, a) => (i, a),
             Op::Naive | Op::CopyScale => (Isa::Scalar, Algorithm::Auto),
+            Op::Training(_) => unreachable!("the training table has its own workload"),
         };
         let options = Softmax::new()
             .isa(isa)
@@ -1053,6 +1098,7 @@ fn measure_group(
             section: Section::Main,
             elements: Pair::F32,
             vs_f32: f64::NAN,
+            vs_forward: f64::NAN,
         });
     }
     let rate_of = |wanted: Op| {
@@ -1178,10 +1224,102 @@ impl HalfJob<'_> {
                     output: O::DTYPE,
                 },
                 vs_f32: f64::NAN,
+                vs_forward: f64::NAN,
             });
         }
         records
     }
+}
+
+// ---------------------------------------------------------------- training
+
+/// Checks `pass` once (which also warms it up) and times whole-batch calls:
+/// `samples` samples of as many calls as fill about `seconds`, at least one.
+/// Only the calls are timed, not the copy that hands an in-place pass its input.
+fn measure_training(
+    work: &mut Training,
+    pass: Pass,
+    (softmax, cross_entropy): (&Softmax, &softmax::CrossEntropy<'_>),
+    seconds: f64,
+    samples: usize,
+) -> Measurement {
+    let error = work.check(pass, softmax, cross_entropy);
+    let timed_call = |work: &mut Training| {
+        work.reset(pass);
+        seconds_of(|| {
+            let result = work.call(pass, softmax, cross_entropy);
+            result.unwrap_or_else(|e| panic!("{} refused a valid call: {e}", pass.name()));
+        })
+    };
+    let one_call = timed_call(work);
+    let calls_per_sample = ((seconds / samples as f64 / one_call) as usize).max(1);
+    let mut per_call: Vec<f64> = (0..samples)
+        .map(|_| {
+            let sample: f64 = (0..calls_per_sample).map(|_| timed_call(work)).sum();
+            sample / calls_per_sample as f64
+        })
+        .collect();
+    per_call.sort_by(f64::total_cmp);
+    Measurement {
+        block_rows: work.rows,
+        error,
+        seconds_per_call: per_call[per_call.len() / 2],
+        samples,
+        calls_per_sample,
+    }
+}
+
+/// The training table: every pass with every thread count, detected ISA,
+/// then each throughput ÷ the forward softmax's with the same thread count.
+fn measure_training_shape(
+    shape: Shape,
+    pools: &[(usize, Option<Arc<ThreadPool>>)],
+    llc_bytes: usize,
+    (seconds, samples): (f64, usize),
+) -> Vec<Record> {
+    let mut work = Training::new(shape.rows, shape.cols);
+    let mut records = Vec::new();
+    for (threads, pool) in pools {
+        let softmax = Softmax::new()
+            .isa(Isa::detect())
+            .expect("the detected ISA is available")
+            .algorithm(Algorithm::Auto)
+            .parallelism(parallelism(pool));
+        let cross_entropy = softmax::CrossEntropy::new()
+            .isa(Isa::detect())
+            .expect("the detected ISA is available")
+            .parallelism(parallelism(pool));
+        let mut group: Vec<Record> = Pass::ALL
+            .iter()
+            .map(|&pass| Record {
+                shape,
+                op: Op::Training(pass),
+                threads: *threads,
+                out_of_cache: out_of_cache(shape, llc_bytes),
+                buffer_sets: 1,
+                m: measure_training(
+                    &mut work,
+                    pass,
+                    (&softmax, &cross_entropy),
+                    seconds,
+                    samples,
+                ),
+                vs_naive: f64::NAN,
+                vs_copy: f64::NAN,
+                section: Section::Training,
+                elements: Pair::F32,
+                vs_f32: f64::NAN,
+                vs_forward: f64::NAN,
+            })
+            .collect();
+        let forward = group.iter().find(|r| r.op == Op::Training(Pass::Forward));
+        let forward_rate = forward.map_or(f64::NAN, Record::elements_per_s);
+        for record in &mut group {
+            record.vs_forward = record.elements_per_s() / forward_rate;
+        }
+        records.extend(group);
+    }
+    records
 }
 
 // ---------------------------------------------------------------- results
@@ -1193,6 +1331,8 @@ enum Section {
     Main,
     /// Softmax, auto, detected ISA, by element types.
     HalfPrecision,
+    /// Backward passes and cross-entropy beside the forward softmax, f32.
+    Training,
 }
 
 impl Section {
@@ -1200,6 +1340,7 @@ impl Section {
         match self {
             Section::Main => "main",
             Section::HalfPrecision => "half-precision",
+            Section::Training => "training",
         }
     }
 }
@@ -1218,6 +1359,8 @@ struct Record {
     elements: Pair,
     /// Half-precision table: throughput ÷ f32→f32's, same shape and threads.
     vs_f32: f64,
+    /// Training table: throughput ÷ the forward softmax's, same shape and threads.
+    vs_forward: f64,
 }
 
 impl Record {
@@ -1232,6 +1375,7 @@ impl Record {
         let (input, output) = (self.elements.input.bytes(), self.elements.output.bytes());
         match self.op {
             Op::LogSumExp(..) => input as f64,
+            Op::Training(pass) => pass.bytes_per_element() as f64,
             _ => (input + output) as f64,
         }
     }
@@ -1239,7 +1383,10 @@ impl Record {
         self.elements_per_s() * self.bytes_per_element() / 1e9
     }
     fn tolerance(&self) -> f64 {
-        self.elements.output.tolerance()
+        match self.section {
+            Section::Training => TRAINING_TOLERANCE,
+            _ => self.elements.output.tolerance(),
+        }
     }
     fn ok(&self) -> bool {
         // Copy-scale must be exact; everything else within the tolerance.
@@ -1262,8 +1409,10 @@ fn error_text(error: f64) -> String {
 }
 
 fn table_row(r: &Record) -> String {
-    if r.section == Section::HalfPrecision {
-        return half_row(r);
+    match r.section {
+        Section::HalfPrecision => return half_row(r),
+        Section::Training => return training_row(r),
+        Section::Main => {}
     }
     format!(
         "{:<12} {:>9}  {:<12} {:<11} {:<7} {:>3} {:>9.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {}",
@@ -1340,13 +1489,71 @@ fn print_half_header(config: &Config) {
     }
 }
 
+const TRAINING_TABLE_HEADER: &str =
+    "shape        cache  thr  op                           Gelem/s     GB/s  ×forward  target        max|Δ|";
+
+fn training_row(r: &Record) -> String {
+    let target = match r.op {
+        Op::Training(pass) => pass.target(),
+        _ => None,
+    };
+    let target = match target {
+        Some(t) if r.vs_forward >= t => format!("≥{t:.1} met"),
+        Some(t) => format!("≥{t:.1} missed"),
+        None => String::new(),
+    };
+    format!(
+        "{:<12} {:<5} {:>4}  {:<26} {:>9.3} {:>8.2} {:>9.2}  {:<11} {:>8} {}",
+        r.shape,
+        if r.out_of_cache { "out" } else { "in" },
+        r.threads,
+        r.op.name(),
+        r.gelem(),
+        r.gbytes(),
+        r.vs_forward,
+        target,
+        error_text(r.m.error),
+        if r.ok() { "✓" } else { "✗" }
+    )
+}
+
+/// What the training table measured and how to read it.
+fn print_training_header(shape: Shape) {
+    println!(
+        "training: f32 {shape} ({:.0} MB per tensor), {} (the detected ISA), whole batches",
+        shape.elements() as f64 * 4e-6,
+        Isa::detect()
+    );
+    println!(
+        "  passes     softmax: softmax_rows, out of place, auto (the yardstick); softmax-backward,"
+    );
+    println!(
+        "             log-softmax-backward: dx from the forward output y and an upstream g (±1);"
+    );
+    println!(
+        "             ce-*: CrossEntropy (mean over rows, one class label per row): loss_and_grad"
+    );
+    println!("             into a gradient buffer, loss_and_grad_in_place, loss alone");
+    println!(
+        "  ×forward   Gelem/s ÷ the forward softmax's on the same shape and threads in this run; \
+         target (backward, loss and gradient): ≥ 0.8"
+    );
+    println!("  GB/s       f32 tensors read and written once: backward 12 B/element, softmax and ce gradient 8, ce loss 4");
+    println!("  timing     median of the samples; in-place passes get their input copied back before each call, untimed");
+    println!(
+        "  check      every output and row loss written; the returned loss is the mean of the row losses; \
+         the first two and last two rows vs the scalar ISA: max|Δ| is |Δ| / the row's largest |ref| \
+         (row losses: / max(1,|ref|)) ≤ {TRAINING_TOLERANCE:e}"
+    );
+}
+
 const CSV_HEADER: &str = "shape,rows,cols,op,algorithm,isa,threads,out_of_cache,buffer_sets,\
 rows_per_call,seconds_per_call,gelem_per_s,gbytes_per_s,vs_naive,vs_copy_scale,max_error,ok,samples,calls_per_sample,\
-section,in_type,out_type,vs_f32,tolerance";
+section,in_type,out_type,vs_f32,tolerance,vs_forward";
 
 fn csv_row(r: &Record) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{},{},{},{},{:.4},{:e}",
+        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{},{},{},{},{:.4},{:e},{:.4}",
         r.shape,
         r.shape.rows,
         r.shape.cols,
@@ -1370,7 +1577,8 @@ fn csv_row(r: &Record) -> String {
         r.elements.input.name(),
         r.elements.output.name(),
         r.vs_f32,
-        r.tolerance()
+        r.tolerance(),
+        r.vs_forward
     )
 }
 
@@ -1485,7 +1693,11 @@ fn json_document(machine: &Machine, config: &Config, seconds: f64, records: &[Re
         .collect();
     let _ = writeln!(out, "    \"half_precision_pairs\": {},", strings(pairs));
     let shapes = config.half_shapes.iter().map(|s| s.to_string()).collect();
-    let _ = writeln!(out, "    \"half_precision_shapes\": {}", strings(shapes));
+    let _ = writeln!(out, "    \"half_precision_shapes\": {},", strings(shapes));
+    let training = config
+        .training
+        .map_or("null".into(), |s| json_string(&s.to_string()));
+    let _ = writeln!(out, "    \"training_shape\": {training}");
     let _ = writeln!(out, "  }},");
     let _ = writeln!(out, "  \"results\": [");
     for (i, r) in records.iter().enumerate() {
@@ -1514,6 +1726,7 @@ fn json_document(machine: &Machine, config: &Config, seconds: f64, records: &[Re
             ("out_type", json_string(r.elements.output.name())),
             ("vs_f32", json_number(r.vs_f32)),
             ("tolerance", json_number(r.tolerance())),
+            ("vs_forward", json_number(r.vs_forward)),
         ];
         let body: Vec<String> = fields
             .iter()
@@ -1761,12 +1974,16 @@ fn main() {
         .iter()
         .map(|&s| thread_counts(&config, s).len() * config.pairs.len())
         .sum();
+    let training_configurations = config
+        .training
+        .map_or(0, |s| thread_counts(&config, s).len() * Pass::ALL.len());
     let configurations: usize = config
         .shapes
         .iter()
         .map(|&s| thread_counts(&config, s).len() * ops.len())
         .sum::<usize>()
-        + half_configurations;
+        + half_configurations
+        + training_configurations;
     let seconds = config
         .seconds
         .unwrap_or((DEFAULT_BUDGET_S / configurations as f64).clamp(0.02, 0.3));
@@ -1858,6 +2075,24 @@ fn main() {
         done += group.len();
         for record in group {
             println!("{}", half_row(&record));
+            records.push(record);
+        }
+        println!();
+    }
+
+    if let Some(shape) = config.training {
+        let pools = pools_for(shape);
+        print_training_header(shape);
+        println!();
+        println!("{TRAINING_TABLE_HEADER}");
+        eprintln!(
+            "[training] {shape}: {} configurations; {done}/{configurations} done, {:.1} s elapsed",
+            pools.len() * Pass::ALL.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let group = measure_training_shape(shape, &pools, llc_bytes, (seconds, config.samples));
+        for record in group {
+            println!("{}", training_row(&record));
             records.push(record);
         }
         println!();
@@ -1969,6 +2204,37 @@ mod tests {
         assert_eq!(c.half_shapes, [Shape { rows: 2, cols: 8 }]);
         assert_eq!(f16_f32.to_string(), "f16→f32");
         assert!(parse_args(args("--elements f64")).is_err());
+    }
+
+    #[test]
+    fn training_flag() {
+        let shape = |text: &str| parse_args(args(text)).unwrap().unwrap().training;
+        assert_eq!(shape(""), Some(TRAINING_SHAPE));
+        assert_eq!(shape("--quick"), Some(QUICK_TRAINING_SHAPE));
+        assert_eq!(shape("--quick --training none"), None);
+        assert_eq!(
+            shape("--training 8x100"),
+            Some(Shape { rows: 8, cols: 100 })
+        );
+        assert!(parse_args(args("--training 0x4")).is_err());
+    }
+
+    #[test]
+    fn training_passes_agree_with_the_scalar_isa() {
+        // Rows of 37: a masked tail on every ISA; 3 rows: the check rows overlap.
+        let mut work = Training::new(3, 37);
+        for isa in Isa::available() {
+            let softmax = Softmax::new().isa(isa).unwrap();
+            let cross_entropy = softmax::CrossEntropy::new().isa(isa).unwrap();
+            for pass in Pass::ALL {
+                let error = work.check(pass, &softmax, &cross_entropy);
+                assert!(
+                    error <= TRAINING_TOLERANCE,
+                    "{} on {isa}: {error:e}",
+                    pass.name()
+                );
+            }
+        }
     }
 
     #[test]
