@@ -419,7 +419,7 @@ impl<'a> Labels<'a> {
         self.len() == 0
     }
     /// Label `i`, exactly.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, i: usize) -> i128 {
         match self {
             Labels::I32(l) => l[i] as i128,

@@ -72,7 +72,7 @@ impl Storage for f32 {
 
 /// The 16-bit types differ only in their conversions.
 macro_rules! half_storage {
-    ($t:ty, $widen:ident, $narrow:ident) => {
+    ($t:ty, $widen:ident, $narrow:ident, $to_f64:path) => {
         impl Storage for $t {
             type Vector<A: Arch> = A::Halfs;
             #[inline(always)]
@@ -111,11 +111,11 @@ macro_rules! half_storage {
             #[inline(always)]
             fn from_f64(x: f64) -> $t {
                 let c = <$t>::from_f64(x).to_bits();
-                <$t>::from_bits(round_once(x, c, |b| <$t>::from_bits(b).to_f64()))
+                <$t>::from_bits(round_once(x, c, $to_f64))
             }
             #[inline(always)]
             fn to_f64(self) -> f64 {
-                <$t>::to_f64(self)
+                $to_f64(self.to_bits())
             }
         }
     };
@@ -147,8 +147,31 @@ fn round_once(x: f64, c: u16, value: impl Fn(u16) -> f64) -> u16 {
     }
 }
 
-half_storage!(f16, f16_to_f32, f32_to_f16);
-half_storage!(bf16, bf16_to_f32, f32_to_bf16);
+/// The f16 with these bits, exactly, in f64 (inline: `half`'s scalar
+/// conversion is an out-of-line call where F16C is not assumed).
+#[inline(always)]
+fn f16_bits_to_f64(bits: u16) -> f64 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exponent = ((bits >> 10) & 0x1f) as i32;
+    let mantissa = (bits & 0x3ff) as u64;
+    let magnitude = match exponent {
+        // Subnormal or zero: mantissa · 2^-24.
+        0 => mantissa as f64 * (1.0 / 16_777_216.0),
+        0x1f if mantissa == 0 => f64::INFINITY,
+        0x1f => f64::NAN,
+        _ => f64::from_bits((((exponent - 15 + 1023) as u64) << 52) | (mantissa << 42)),
+    };
+    sign * magnitude
+}
+
+/// The bf16 with these bits, exactly, in f64.
+#[inline(always)]
+fn bf16_bits_to_f64(bits: u16) -> f64 {
+    f32::from_bits((bits as u32) << 16) as f64
+}
+
+half_storage!(f16, f16_to_f32, f32_to_f16, f16_bits_to_f64);
+half_storage!(bf16, bf16_to_f32, f32_to_bf16, bf16_bits_to_f64);
 
 /// A row of any storage type.
 #[derive(Clone, Copy, Debug)]
@@ -203,7 +226,7 @@ impl<'a> AnySlice<'a> {
     /// Element `i`, exactly.
     #[inline(always)]
     pub fn get(&self, i: usize) -> f64 {
-        each!(self, s => s[i].to_f64())
+        each!(self, s => Storage::to_f64(s[i]))
     }
     #[inline(always)]
     pub fn len(&self) -> usize {
@@ -316,5 +339,26 @@ impl<'a> From<&'a mut [f16]> for AnySliceMut<'a> {
 impl<'a> From<&'a mut [bf16]> for AnySliceMut<'a> {
     fn from(s: &'a mut [bf16]) -> Self {
         AnySliceMut::BF16(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_widening_to_f64_matches_half_for_every_pattern() {
+        for bits in 0..=u16::MAX {
+            let (h, b) = (f16::from_bits(bits), bf16::from_bits(bits));
+            for (ours, theirs, name) in [
+                (f16_bits_to_f64(bits), h.to_f64(), "f16"),
+                (bf16_bits_to_f64(bits), b.to_f64(), "bf16"),
+            ] {
+                assert!(
+                    ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
+                    "{name} {bits:#06x}: {ours:e} vs {theirs:e}"
+                );
+            }
+        }
     }
 }
