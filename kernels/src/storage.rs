@@ -72,7 +72,7 @@ impl Storage for f32 {
 
 /// The 16-bit types differ only in their conversions.
 macro_rules! half_storage {
-    ($t:ty, $widen:ident, $narrow:ident, $to_f64:path) => {
+    ($t:ty, $widen:ident, $narrow:ident, $to_f64:path, $from_f64:path) => {
         impl Storage for $t {
             type Vector<A: Arch> = A::Halfs;
             #[inline(always)]
@@ -110,8 +110,7 @@ macro_rules! half_storage {
             }
             #[inline(always)]
             fn from_f64(x: f64) -> $t {
-                let c = <$t>::from_f64(x).to_bits();
-                <$t>::from_bits(round_once(x, c, $to_f64))
+                <$t>::from_bits($from_f64(x))
             }
             #[inline(always)]
             fn to_f64(self) -> f64 {
@@ -170,8 +169,45 @@ fn bf16_bits_to_f64(bits: u16) -> f64 {
     f32::from_bits((bits as u32) << 16) as f64
 }
 
-half_storage!(f16, f16_to_f32, f32_to_f16, f16_bits_to_f64);
-half_storage!(bf16, bf16_to_f32, f32_to_bf16, bf16_bits_to_f64);
+/// x rounded once to the nearest f16 (ties to even), as bits; NaN gives a
+/// quiet NaN of x's sign. In software and inline: `half`'s conversion is an
+/// out-of-line call on some targets, and goes through f32 (rounding twice) on others.
+#[inline(always)]
+fn f16_bits_from_f64(x: f64) -> u16 {
+    const SHIFTER: f64 = 4_503_599_627_370_496.0; // 2^52: adding it rounds to an integer
+    let sign = ((x.to_bits() >> 48) & 0x8000) as u16;
+    let a = x.abs();
+    if a.is_nan() {
+        return sign | 0x7e00;
+    }
+    // 65520 is the midpoint between 65504 (odd mantissa) and 2^16: ties go up to inf.
+    if a >= 65520.0 {
+        return sign | 0x7c00;
+    }
+    if a < 1.0 / 16384.0 {
+        // Subnormal (or the smallest normal after rounding): a·2^24 to an integer.
+        let m = (a * 16_777_216.0 + SHIFTER) - SHIFTER;
+        return sign | m as u16;
+    }
+    // a in [2^e, 2^(e+1)): round to a multiple of 2^(e-10), exactly.
+    let e = ((a.to_bits() >> 52) & 0x7ff) as i64 - 1023;
+    let ulp = f64::from_bits(((e - 10 + 1023) as u64) << 52);
+    let r = ((a / ulp + SHIFTER) - SHIFTER) * ulp;
+    let rb = r.to_bits();
+    let exponent = ((rb >> 52) & 0x7ff) as i64 - 1023 + 15;
+    let mantissa = (rb >> 42) & 0x3ff;
+    sign | ((exponent as u16) << 10) | mantissa as u16
+}
+
+/// x rounded once to the nearest bf16 (ties to even), as bits.
+#[inline(always)]
+fn bf16_bits_from_f64(x: f64) -> u16 {
+    let c = bf16::from_f64(x).to_bits();
+    round_once(x, c, bf16_bits_to_f64)
+}
+
+half_storage!(f16, f16_to_f32, f32_to_f16, f16_bits_to_f64, f16_bits_from_f64);
+half_storage!(bf16, bf16_to_f32, f32_to_bf16, bf16_bits_to_f64, bf16_bits_from_f64);
 
 /// A row of any storage type.
 #[derive(Clone, Copy, Debug)]
@@ -345,6 +381,50 @@ impl<'a> From<&'a mut [bf16]> for AnySliceMut<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nearest f16 by search over the ordered finite patterns; ties to
+    /// even; beyond 65504 by at least half an ulp (65520), infinity.
+    fn f16_reference(x: f64) -> u16 {
+        let sign = if x.is_sign_negative() { 0x8000 } else { 0 };
+        let a = x.abs();
+        if a >= 65520.0 {
+            return sign | 0x7c00;
+        }
+        // The largest finite pattern whose value is ≤ a.
+        let below = (0..0x7c00u16).rev().find(|&b| f16_bits_to_f64(b) <= a).unwrap();
+        let pick = if below == 0x7bff {
+            below
+        } else {
+            let (lo, hi) = (f16_bits_to_f64(below), f16_bits_to_f64(below + 1));
+            match (a - lo).partial_cmp(&(hi - a)).unwrap() {
+                core::cmp::Ordering::Less => below,
+                core::cmp::Ordering::Greater => below + 1,
+                core::cmp::Ordering::Equal if below % 2 == 0 => below,
+                core::cmp::Ordering::Equal => below + 1,
+            }
+        };
+        sign | pick
+    }
+
+    #[test]
+    fn f64_to_f16_rounds_once_to_nearest_even() {
+        let mut cases = vec![0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e9, -1e300, f64::INFINITY];
+        // Every f16 value, the midpoints to its neighbours and points just beside them.
+        for bits in (0..0x7c00u16).filter(|b| b % 7 == 0 || *b < 0x0410 || *b > 0x7bf0) {
+            let v = f16_bits_to_f64(bits);
+            let next = f16_bits_to_f64(bits + 1);
+            let mid = (v + next) / 2.0;
+            for x in [v, mid, mid * (1.0 + 1e-15), mid * (1.0 - 1e-15), next.min(65504.0)] {
+                cases.push(x);
+                cases.push(-x);
+            }
+        }
+        for x in cases {
+            let (ours, want) = (f16_bits_from_f64(x), f16_reference(x));
+            assert_eq!(ours, want, "{x:e}: {ours:#06x} vs {want:#06x}");
+        }
+        assert!(f16::from_bits(f16_bits_from_f64(f64::NAN)).is_nan());
+    }
 
     #[test]
     fn exact_widening_to_f64_matches_half_for_every_pattern() {
