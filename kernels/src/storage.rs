@@ -206,8 +206,20 @@ fn bf16_bits_from_f64(x: f64) -> u16 {
     round_once(x, c, bf16_bits_to_f64)
 }
 
-half_storage!(f16, f16_to_f32, f32_to_f16, f16_bits_to_f64, f16_bits_from_f64);
-half_storage!(bf16, bf16_to_f32, f32_to_bf16, bf16_bits_to_f64, bf16_bits_from_f64);
+half_storage!(
+    f16,
+    f16_to_f32,
+    f32_to_f16,
+    f16_bits_to_f64,
+    f16_bits_from_f64
+);
+half_storage!(
+    bf16,
+    bf16_to_f32,
+    f32_to_bf16,
+    bf16_bits_to_f64,
+    bf16_bits_from_f64
+);
 
 /// A row of any storage type.
 #[derive(Clone, Copy, Debug)]
@@ -391,7 +403,10 @@ mod tests {
             return sign | 0x7c00;
         }
         // The largest finite pattern whose value is ≤ a.
-        let below = (0..0x7c00u16).rev().find(|&b| f16_bits_to_f64(b) <= a).unwrap();
+        let below = (0..0x7c00u16)
+            .rev()
+            .find(|&b| f16_bits_to_f64(b) <= a)
+            .unwrap();
         let pick = if below == 0x7bff {
             below
         } else {
@@ -408,13 +423,28 @@ mod tests {
 
     #[test]
     fn f64_to_f16_rounds_once_to_nearest_even() {
-        let mut cases = vec![0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e9, -1e300, f64::INFINITY];
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            1e9,
+            -1e300,
+            f64::INFINITY,
+        ];
         // Every f16 value, the midpoints to its neighbours and points just beside them.
         for bits in (0..0x7c00u16).filter(|b| b % 7 == 0 || *b < 0x0410 || *b > 0x7bf0) {
             let v = f16_bits_to_f64(bits);
             let next = f16_bits_to_f64(bits + 1);
             let mid = (v + next) / 2.0;
-            for x in [v, mid, mid * (1.0 + 1e-15), mid * (1.0 - 1e-15), next.min(65504.0)] {
+            for x in [
+                v,
+                mid,
+                mid * (1.0 + 1e-15),
+                mid * (1.0 - 1e-15),
+                next.min(65504.0),
+            ] {
                 cases.push(x);
                 cases.push(-x);
             }
