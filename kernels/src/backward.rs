@@ -3,7 +3,7 @@
 //! and the upstream gradient g.
 //!
 //! ```text
-//! softmax      s = Σ g·y                        (pass 1: f32 lanes, into f64 every FLUSH_STEPS)
+//! softmax      s = Σ g·y                        (pass 1: f32 lanes, into f64 every SUM_FLUSH_STEPS)
 //!              dx = y · ((g - s_hi) - s_lo) / t  (pass 2; s = s_hi + s_lo, two f32s)
 //! log-softmax  σ = Σ g                          (pass 1, the same way)
 //!              dx = (g - e^y · σ) / t            (pass 2)
@@ -14,15 +14,12 @@
 
 use crate::arch::Arch;
 use crate::exp::{exp_nonpositive, CUTOFF};
-use crate::exp_sum::sum_lanes_f64;
+use crate::exp_sum::sums_lanes_into;
 use crate::loops::{run, run_pair, Io, Kernel, PairIo, Stage};
 use crate::output::{Elementwise, Map};
 use crate::storage::{AnySlice, AnySliceMut};
 use crate::{Output, Temperature};
 use pulp::Simd;
-
-/// Terms per f32 lane before the f64 total takes them (as in the exp sums).
-const FLUSH_STEPS: usize = 8;
 
 /// Σ main·side over a pair of rows.
 struct Dot {
@@ -30,27 +27,14 @@ struct Dot {
 }
 
 impl<S: Simd> Kernel<S, (S::f32s, S::f32s)> for Dot {
-    type Acc = S::f32s;
-    const FLUSH_STEPS: usize = FLUSH_STEPS;
+    sums_lanes_into!(total);
     #[inline(always)]
     fn fill(&self) -> f32 {
         0.0
     }
     #[inline(always)]
-    fn init(&self, simd: S) -> S::f32s {
-        simd.splat_f32s(0.0)
-    }
-    #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, (g, y): (S::f32s, S::f32s)) -> (S::f32s, S::f32s) {
         (simd.mul_add_f32s(g, y, acc), g)
-    }
-    #[inline(always)]
-    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
-        simd.add_f32s(a, b)
-    }
-    #[inline(always)]
-    fn flush(&mut self, _: S, acc: S::f32s) {
-        self.total += sum_lanes_f64::<S>(&acc);
     }
 }
 
@@ -60,53 +44,15 @@ pub(crate) struct Sum {
 }
 
 impl<S: Simd> Kernel<S> for Sum {
-    type Acc = S::f32s;
-    const FLUSH_STEPS: usize = FLUSH_STEPS;
+    sums_lanes_into!(total);
     #[inline(always)]
     fn fill(&self) -> f32 {
         0.0
-    }
-    #[inline(always)]
-    fn init(&self, simd: S) -> S::f32s {
-        simd.splat_f32s(0.0)
     }
     #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, x: S::f32s) -> (S::f32s, S::f32s) {
         (simd.add_f32s(acc, x), x)
     }
-    #[inline(always)]
-    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
-        simd.add_f32s(a, b)
-    }
-    #[inline(always)]
-    fn flush(&mut self, _: S, acc: S::f32s) {
-        self.total += sum_lanes_f64::<S>(&acc);
-    }
-}
-
-/// An elementwise map over (main, side) pairs, run through the shared loop.
-trait PairElementwise<S: Simd> {
-    fn apply(&self, simd: S, main: S::f32s, side: S::f32s) -> S::f32s;
-}
-
-struct PairMap<E>(E);
-
-impl<S: Simd, E: PairElementwise<S>> Kernel<S, (S::f32s, S::f32s)> for PairMap<E> {
-    type Acc = ();
-    #[inline(always)]
-    fn fill(&self) -> f32 {
-        0.0
-    }
-    #[inline(always)]
-    fn init(&self, _: S) {}
-    #[inline(always)]
-    fn step(&self, simd: S, _: (), (m, s): (S::f32s, S::f32s)) -> ((), S::f32s) {
-        ((), self.0.apply(simd, m, s))
-    }
-    #[inline(always)]
-    fn merge(&self, _: S, _: (), _: ()) {}
-    #[inline(always)]
-    fn flush(&mut self, _: S, _: ()) {}
 }
 
 /// dx = y · ((g - hi) - lo) · inv_t, with (main, side) = (g, y).
@@ -116,9 +62,9 @@ struct SoftmaxGrad {
     inv_t: f32,
 }
 
-impl<S: Simd> PairElementwise<S> for SoftmaxGrad {
+impl<S: Simd> Elementwise<S, (S::f32s, S::f32s)> for SoftmaxGrad {
     #[inline(always)]
-    fn apply(&self, simd: S, g: S::f32s, y: S::f32s) -> S::f32s {
+    fn apply(&self, simd: S, (g, y): (S::f32s, S::f32s)) -> S::f32s {
         let d = simd.sub_f32s(g, simd.splat_f32s(self.hi));
         let d = simd.sub_f32s(d, simd.splat_f32s(self.lo));
         simd.mul_f32s(simd.mul_f32s(y, d), simd.splat_f32s(self.inv_t))
@@ -131,9 +77,9 @@ struct LogSoftmaxGrad {
     inv_t: f32,
 }
 
-impl<S: Simd> PairElementwise<S> for LogSoftmaxGrad {
+impl<S: Simd> Elementwise<S, (S::f32s, S::f32s)> for LogSoftmaxGrad {
     #[inline(always)]
-    fn apply(&self, simd: S, g: S::f32s, y: S::f32s) -> S::f32s {
+    fn apply(&self, simd: S, (g, y): (S::f32s, S::f32s)) -> S::f32s {
         let e = exp_nonpositive(simd, y, simd.splat_f32s(CUTOFF));
         let d = simd.mul_add_f32s(simd.neg_f32s(e), simd.splat_f32s(self.sigma), g);
         simd.mul_f32s(d, simd.splat_f32s(self.inv_t))
@@ -169,7 +115,7 @@ pub(crate) fn backward_row<A: Arch>(
             let hi = dot.total as f32;
             let lo = (dot.total - hi as f64) as f32;
             let grad = SoftmaxGrad { hi, lo, inv_t };
-            run_pair(arch, PairIo::write(g, y, dx), &mut PairMap(grad));
+            run_pair(arch, PairIo::write(g, y, dx), &mut Map(grad));
         }
         Output::LogSoftmax => {
             let mut sum = Sum { total: 0.0 };
@@ -178,7 +124,7 @@ pub(crate) fn backward_row<A: Arch>(
                 sigma: sum.total as f32,
                 inv_t,
             };
-            run_pair(arch, PairIo::write(g, y, dx), &mut PairMap(grad));
+            run_pair(arch, PairIo::write(g, y, dx), &mut Map(grad));
         }
     }
 }

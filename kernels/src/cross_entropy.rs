@@ -21,11 +21,11 @@
 
 use crate::arch::Arch;
 use crate::backward::Sum;
-use crate::exp::{exp_flushed_below, CUTOFF};
-use crate::exp_sum::sum_lanes_f64;
+use crate::exp::exp_flushed_below;
+use crate::exp_sum::sums_lanes_into;
 use crate::loops::{run, run_pair, Io, Kernel, PairIo, Stage};
 use crate::output::{Fill, Map};
-use crate::row::{may_fall_below, online_stats, Special, Stats, FLOOR_MARGIN};
+use crate::row::{online_stats, softmax_cutoff, Special, Stats};
 use crate::shift::{with_shift, AnyShift, Shift};
 use crate::storage::{AnySlice, AnySliceMut};
 use crate::Temperature;
@@ -126,16 +126,11 @@ fn first_lanes<S: Simd>(simd: S, v: S::f32s, valid: usize) -> S::f32s {
 
 /// Hard labels without per-class terms beyond a constant b: a_j = b (+ the label).
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for LossGrad<Z, FLUSH> {
-    /// Σ (x - max)·2^-64.
-    type Acc = S::f32s;
-    const FLUSH_STEPS: usize = 8;
+    // Σ (x - max)·2^-64.
+    sums_lanes_into!(total);
     #[inline(always)]
     fn fill(&self) -> f32 {
         f32::NEG_INFINITY
-    }
-    #[inline(always)]
-    fn init(&self, simd: S) -> S::f32s {
-        simd.splat_f32s(0.0)
     }
     #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, x: S::f32s) -> (S::f32s, S::f32s) {
@@ -151,14 +146,6 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for LossGrad<Z, FLUSH> {
         let g = simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.splat_f32s(-self.base_k));
         let d = self.scaled_difference(simd, x);
         (simd.add_f32s(acc, first_lanes(simd, d, valid)), g)
-    }
-    #[inline(always)]
-    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
-        simd.add_f32s(a, b)
-    }
-    #[inline(always)]
-    fn flush(&mut self, _: S, acc: S::f32s) {
-        self.total += sum_lanes_f64::<S>(&acc);
     }
 }
 
@@ -224,16 +211,11 @@ struct WithSide<K>(K);
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S, (S::f32s, S::f32s)>
     for WithSide<LossGrad<Z, FLUSH>>
 {
-    /// Σ a_j·(x_j - max)·2^-64.
-    type Acc = S::f32s;
-    const FLUSH_STEPS: usize = 8;
+    // Σ a_j·(x_j - max)·2^-64.
+    sums_lanes_into!(0.total);
     #[inline(always)]
     fn fill(&self) -> f32 {
         f32::NEG_INFINITY
-    }
-    #[inline(always)]
-    fn init(&self, simd: S) -> S::f32s {
-        simd.splat_f32s(0.0)
     }
     #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, (x, v): (S::f32s, S::f32s)) -> (S::f32s, S::f32s) {
@@ -251,13 +233,15 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S, (S::f32s, S::f32s)>
         let (t, g) = self.0.pair::<S, true>(simd, x, v);
         (simd.add_f32s(acc, first_lanes(simd, t, valid)), g)
     }
-    #[inline(always)]
-    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
-        simd.add_f32s(a, b)
-    }
-    #[inline(always)]
-    fn flush(&mut self, _: S, acc: S::f32s) {
-        self.0.total += sum_lanes_f64::<S>(&acc);
+}
+
+/// The logits of a row: `x`, or (in place) the gradient row that still holds them.
+#[inline(always)]
+fn logits<'s>(x: &Option<AnySlice<'s>>, grad: &'s Option<AnySliceMut<'_>>) -> AnySlice<'s> {
+    match (x, grad) {
+        (Some(x), _) => *x,
+        (None, Some(g)) => g.shared(),
+        (None, None) => unreachable!("a cross-entropy row needs its logits"),
     }
 }
 
@@ -272,11 +256,7 @@ pub(crate) fn cross_entropy_row<A: Arch>(
     x: Option<AnySlice<'_>>,
     mut grad: Option<AnySliceMut<'_>>,
 ) -> f64 {
-    let k = match (&x, &grad) {
-        (Some(x), _) => x.len(),
-        (None, Some(g)) => g.len(),
-        (None, None) => unreachable!("a cross-entropy row needs its logits"),
-    };
+    let k = logits(&x, &grad).len();
     let eps = options.smoothing as f64;
     let per_class = if k > 0 { eps / k as f64 } else { 0.0 };
     let c = match target {
@@ -316,25 +296,17 @@ pub(crate) fn cross_entropy_row<A: Arch>(
     };
     let inv_t = options.temperature.inv;
     let scale = options.grad_scale * inv_t as f64;
-    let stats = match (&x, &grad) {
-        (Some(x), _) => online_stats(arch, st, *x, inv_t),
-        (None, Some(g)) => online_stats(arch, st, g.shared(), inv_t),
-        (None, None) => unreachable!(),
-    };
+    let stats = online_stats(arch, st, logits(&x, &grad), inv_t);
     let (max, min, ln_sum) = match stats {
         Stats::Finite { max, min, ln_sum } => (max, min, ln_sum),
         Stats::Special(special) => return special_row(special, &c, scale, x, grad),
     };
-    let x_label = c.label.map(|j| match (&x, &grad) {
-        (Some(x), _) => x.get(j),
-        (_, Some(g)) => g.shared().get(j),
-        _ => unreachable!(),
-    });
+    // Read before the gradient pass, which may overwrite it.
+    let x_label = c.label.map(|j| logits(&x, &grad).get(j));
     let has_terms = c.base != 0.0 || c.side.is_some();
     let mut terms = 0.0;
     if grad.is_some() || has_terms {
-        let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
-        let flush = may_fall_below(max, min, inv_t, cutoff as f64);
+        let (cutoff, flush) = softmax_cutoff(max, min, inv_t, ln_sum);
         let io = Pass {
             x,
             grad: grad.as_mut().map(|g| g.reborrow()),
@@ -437,18 +409,9 @@ fn special_row(
     x: Option<AnySlice<'_>>,
     mut grad: Option<AnySliceMut<'_>>,
 ) -> f64 {
-    let k = match (&x, &grad) {
-        (Some(x), _) => x.len(),
-        (_, Some(g)) => g.len(),
-        _ => 0,
-    };
     let mut loss = 0.0;
-    for j in 0..k {
-        let xj = match (&x, &grad) {
-            (Some(x), _) => x.get(j),
-            (_, Some(g)) => g.shared().get(j),
-            _ => unreachable!(),
-        };
+    for j in 0..logits(&x, &grad).len() {
+        let xj = logits(&x, &grad).get(j);
         let (p, log_p) = match special {
             Special::Nan => (f64::NAN, f64::NAN),
             Special::Masked => (0.0, f64::NEG_INFINITY),

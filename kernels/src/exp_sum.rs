@@ -36,17 +36,38 @@ pub(crate) fn sum_lanes_f64<S: Simd>(v: &S::f32s) -> f64 {
     lanes::<S>(v).iter().map(|&l| l as f64).sum()
 }
 
+/// Terms each f32 lane of a sum takes before the f64 total takes the lanes.
+pub(crate) const SUM_FLUSH_STEPS: usize = 8;
+
+/// The accumulator of a [`Kernel`] that sums into f32 lanes (one vector per
+/// accumulator) and adds them to the f64 field `self.$field` every
+/// [`SUM_FLUSH_STEPS`] steps.
+macro_rules! sums_lanes_into {
+    ($($field:tt).+) => {
+        type Acc = S::f32s;
+        const FLUSH_STEPS: usize = $crate::exp_sum::SUM_FLUSH_STEPS;
+        #[inline(always)]
+        fn init(&self, simd: S) -> S::f32s {
+            simd.splat_f32s(0.0)
+        }
+        #[inline(always)]
+        fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+            simd.add_f32s(a, b)
+        }
+        #[inline(always)]
+        fn flush(&mut self, _: S, acc: S::f32s) {
+            self.$($field).+ += $crate::exp_sum::sum_lanes_f64::<S>(&acc);
+        }
+    };
+}
+pub(crate) use sums_lanes_into;
+
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSum<Z, FLUSH> {
-    type Acc = S::f32s;
-    const FLUSH_STEPS: usize = 8;
+    sums_lanes_into!(total);
 
     #[inline(always)]
     fn fill(&self) -> f32 {
         f32::NEG_INFINITY
-    }
-    #[inline(always)]
-    fn init(&self, simd: S) -> S::f32s {
-        simd.splat_f32s(0.0)
     }
     #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, x: S::f32s) -> (S::f32s, S::f32s) {
@@ -58,14 +79,6 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSum<Z, FLUSH> {
         // The fill lanes (-inf) need the underflow test in either variant.
         let e = exp_flushed_below::<S, true>(simd, self.shift.z(simd, x), CUTOFF);
         (simd.add_f32s(acc, e), e)
-    }
-    #[inline(always)]
-    fn merge(&self, simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
-        simd.add_f32s(a, b)
-    }
-    #[inline(always)]
-    fn flush(&mut self, _: S, acc: S::f32s) {
-        self.total += sum_lanes_f64::<S>(&acc);
     }
 }
 
@@ -108,7 +121,7 @@ impl<Z: Shift, const FLUSH: bool> ExpSumBelowMax<Z, FLUSH> {
 impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSumBelowMax<Z, FLUSH> {
     /// (sum, count of maxima)
     type Acc = (S::f32s, S::f32s);
-    const FLUSH_STEPS: usize = 8;
+    const FLUSH_STEPS: usize = SUM_FLUSH_STEPS;
 
     #[inline(always)]
     fn fill(&self) -> f32 {

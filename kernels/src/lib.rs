@@ -502,23 +502,19 @@ pub struct CrossEntropy<'a> {
 }
 
 impl CrossEntropy<'_> {
-    pub fn rows(&self) -> usize {
+    /// (rows, cols) of the logits (in place: of the gradient rows that hold them).
+    fn shape(&self) -> (usize, usize) {
         match (&self.x, &self.grad) {
-            (Some(x), _) => x.rows,
-            (None, Some(g)) => g.rows,
-            (None, None) => 0,
+            (Some(x), _) => (x.rows, x.cols),
+            (None, Some(g)) => (g.rows, g.cols),
+            (None, None) => (0, 0),
         }
+    }
+    pub fn rows(&self) -> usize {
+        self.shape().0
     }
     pub fn cols(&self) -> usize {
-        match (&self.x, &self.grad) {
-            (Some(x), _) => x.cols,
-            (None, Some(g)) => g.cols,
-            (None, None) => 0,
-        }
-    }
-    /// The f32 working space the job needs (none: every pairing it reads runs in registers).
-    pub fn scratch_len(&self) -> usize {
-        0
+        self.shape().1
     }
 }
 

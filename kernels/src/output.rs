@@ -19,15 +19,16 @@ use crate::loops::Kernel;
 use crate::shift::Shift;
 use pulp::Simd;
 
-/// An elementwise output pass.
-pub(crate) trait Elementwise<S: Simd> {
-    fn apply(&self, simd: S, x: S::f32s) -> S::f32s;
+/// An elementwise output pass over one row (`X` a vector) or two rows read
+/// in step (`X` a pair of vectors).
+pub(crate) trait Elementwise<S: Simd, X = <S as Simd>::f32s> {
+    fn apply(&self, simd: S, x: X) -> S::f32s;
 }
 
 /// Runs an [`Elementwise`] map through the shared loop.
 pub(crate) struct Map<E>(pub(crate) E);
 
-impl<S: Simd, E: Elementwise<S>> Kernel<S> for Map<E> {
+impl<S: Simd, X: Copy, E: Elementwise<S, X>> Kernel<S, X> for Map<E> {
     type Acc = ();
 
     #[inline(always)]
@@ -37,7 +38,7 @@ impl<S: Simd, E: Elementwise<S>> Kernel<S> for Map<E> {
     #[inline(always)]
     fn init(&self, _: S) {}
     #[inline(always)]
-    fn step(&self, simd: S, _: (), x: S::f32s) -> ((), S::f32s) {
+    fn step(&self, simd: S, _: (), x: X) -> ((), S::f32s) {
         ((), self.0.apply(simd, x))
     }
     #[inline(always)]

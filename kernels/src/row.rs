@@ -31,7 +31,7 @@ use crate::{Method, Output, Temperature};
 pub const ONLINE_BLOCK: usize = 2048;
 
 /// Lifts the subnormal floor a little so rounding never lands just below it.
-pub(crate) const FLOOR_MARGIN: f64 = 1.0 + 1.0 / 524_288.0; // 1 + 2^-19
+const FLOOR_MARGIN: f64 = 1.0 + 1.0 / 524_288.0; // 1 + 2^-19
 
 /// A row that follows the special-value rules instead of the formula.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,10 +64,19 @@ fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32
 /// `cutoff` (then the passes test each element). The margin covers the
 /// roundings of z; a NaN or infinite bound answers yes.
 #[inline(always)]
-pub(crate) fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
+fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
     let z_min = (min as f64 - max as f64) * inv_t as f64;
     let above = z_min * (1.0 + 1.0 / 1_048_576.0) >= cutoff;
     !above
+}
+
+/// The z below which e^z / S is subnormal, z = ln(MIN_POSITIVE · S) (with
+/// the floor's margin), and whether some z of a row with this max, min and
+/// 1/t may fall below it (then the softmax output is tested per element).
+#[inline(always)]
+pub(crate) fn softmax_cutoff(max: f32, min: f32, inv_t: f32, ln_sum: f64) -> (f32, bool) {
+    let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
+    (cutoff, may_fall_below(max, min, inv_t, cutoff as f64))
 }
 
 /// An upper bound of ln s for s ≥ 1, within ln 2 of it: (⌊log2 s⌋ + 1) · ln 2.
@@ -415,10 +424,8 @@ pub(crate) fn forward_row<A: Arch>(
             let shift = AnyShift::new(max, min, inv_t);
             match output {
                 Output::Softmax => {
-                    // e^z / S is subnormal below z = ln(MIN_POSITIVE · S).
-                    let cutoff = (CUTOFF as f64 + ln_sum + FLOOR_MARGIN.ln()) as f32;
+                    let (cutoff, flush) = softmax_cutoff(max, min, inv_t, ln_sum);
                     let r = (-ln_sum).exp() as f32;
-                    let flush = may_fall_below(max, min, inv_t, cutoff as f64);
                     with_shift!(shift, z => if flush {
                         let map = ExpScale::<_, true> { shift: z, cutoff, r };
                         run(arch, Io::write(x, y), st, &mut Map(map))
