@@ -2,28 +2,9 @@
 //! and the softmax Jacobian.
 
 use crate::batch;
+use crate::rows::{same_len, same_shape};
 use crate::{Element, Error, Rows, RowsMut, Softmax};
 use softmax_kernels::{Backward, Jacobian, Output, Strided, StridedMut};
-
-fn same_len(a: usize, b: usize) -> Result<(), Error> {
-    if a != b {
-        return Err(Error::LengthMismatch {
-            input: a,
-            output: b,
-        });
-    }
-    Ok(())
-}
-
-fn same_shape<A>(a: &Rows<'_, A>, b: (usize, usize)) -> Result<(), Error> {
-    if (a.rows, a.cols) != b {
-        return Err(Error::ShapeMismatch {
-            input: (a.rows, a.cols),
-            output: b,
-        });
-    }
-    Ok(())
-}
 
 impl Softmax {
     fn backward(
@@ -69,9 +50,9 @@ impl Softmax {
         g: Option<Rows<'_, T>>,
         dx: RowsMut<'_, T>,
     ) -> Result<(), Error> {
-        same_shape(&y, (dx.rows, dx.cols))?;
+        same_shape((y.rows, y.cols), (dx.rows, dx.cols))?;
         if let Some(g) = &g {
-            same_shape(g, (dx.rows, dx.cols))?;
+            same_shape((g.rows, g.cols), (dx.rows, dx.cols))?;
         }
         let g = g.map(|g| g.kernel_view());
         self.backward(output, y.kernel_view(), g, dx.into_kernel_view())

@@ -4,7 +4,7 @@
 use crate::dispatch;
 use crate::Isa;
 use rayon::ThreadPool;
-use softmax_kernels::{Backward, CrossEntropy, Forward, LogSumExp};
+use softmax_kernels::{Backward, CrossEntropy, Forward, LogSumExp, Strided, StridedMut};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -26,6 +26,43 @@ pub enum Parallelism {
     Pool(Arc<ThreadPool>),
 }
 
+/// Row-indexed data that can be cut after its first `k` rows.
+trait SplitRows: Sized {
+    fn split_rows(self, k: usize) -> (Self, Self);
+}
+
+impl SplitRows for Strided<'_> {
+    fn split_rows(self, k: usize) -> (Self, Self) {
+        self.split_at(k)
+    }
+}
+
+impl SplitRows for StridedMut<'_> {
+    fn split_rows(self, k: usize) -> (Self, Self) {
+        self.split_at(k)
+    }
+}
+
+/// One value per row.
+impl SplitRows for &mut [f32] {
+    fn split_rows(self, k: usize) -> (Self, Self) {
+        let k = k.min(self.len());
+        self.split_at_mut(k)
+    }
+}
+
+impl<T: SplitRows> SplitRows for Option<T> {
+    fn split_rows(self, k: usize) -> (Self, Self) {
+        match self {
+            Some(v) => {
+                let (a, b) = v.split_rows(k);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        }
+    }
+}
+
 /// A kernel job that can be cut between rows; the parts' results combine
 /// into the whole's.
 pub(crate) trait Batch: Sized + Send {
@@ -43,13 +80,7 @@ impl Batch for Forward<'_> {
         self.y.rows()
     }
     fn split_at(self, k: usize) -> (Self, Self) {
-        let (xa, xb) = match self.x {
-            Some(x) => {
-                let (a, b) = x.split_at(k);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
+        let (xa, xb) = self.x.split_rows(k);
         let (ya, yb) = self.y.split_at(k);
         let half = |x, y| Forward {
             x,
@@ -94,13 +125,7 @@ impl Batch for Backward<'_> {
     }
     fn split_at(self, k: usize) -> (Self, Self) {
         let (ya, yb) = self.y.split_at(k);
-        let (ga, gb) = match self.g {
-            Some(g) => {
-                let (a, b) = g.split_at(k);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
+        let (ga, gb) = self.g.split_rows(k);
         let (da, db) = self.dx.split_at(k);
         let half = |y, g, dx| Backward { y, g, dx, ..self };
         (half(ya, ga, da), half(yb, gb, db))
@@ -120,28 +145,10 @@ impl Batch for CrossEntropy<'_> {
         CrossEntropy::rows(self)
     }
     fn split_at(self, k: usize) -> (Self, Self) {
-        let (xa, xb) = match self.x {
-            Some(x) => {
-                let (a, b) = x.split_at(k);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
-        let (ga, gb) = match self.grad {
-            Some(g) => {
-                let (a, b) = g.split_at(k);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
+        let (xa, xb) = self.x.split_rows(k);
+        let (ga, gb) = self.grad.split_rows(k);
         let (ta, tb) = self.targets.split_at(k);
-        let (la, lb) = match self.losses {
-            Some(l) => {
-                let (a, b) = l.split_at_mut(k.min(l.len()));
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
+        let (la, lb) = self.losses.split_rows(k);
         let options = self.options;
         let part = |x, grad, targets, losses| CrossEntropy {
             options,

@@ -2,6 +2,7 @@
 //! over each row, without storing probabilities.
 
 use crate::batch::{self, Parallelism};
+use crate::rows::same_shape;
 use crate::{Element, Error, Isa, Rows, RowsMut, Softmax};
 use rayon::ThreadPool;
 use softmax_kernels::{Labels, LossOptions, Targets};
@@ -249,12 +250,7 @@ impl<'w> CrossEntropy<'w> {
             (None, None) => unreachable!("every entry point passes logits"),
         };
         if let (Some(_), Some(g)) = (&x, &grad) {
-            if (g.rows, g.cols) != (rows, cols) {
-                return Err(Error::ShapeMismatch {
-                    input: (rows, cols),
-                    output: (g.rows, g.cols),
-                });
-            }
+            same_shape((rows, cols), (g.rows, g.cols))?;
         }
         if let Some(l) = &losses {
             if l.len() < rows {
@@ -269,12 +265,7 @@ impl<'w> CrossEntropy<'w> {
                 if self.weights.is_some() {
                     return Err(Error::WeightsWithSoftTargets);
                 }
-                if (q.rows, q.cols) != (rows, cols) {
-                    return Err(Error::ShapeMismatch {
-                        input: (rows, cols),
-                        output: (q.rows, q.cols),
-                    });
-                }
+                same_shape((rows, cols), (q.rows, q.cols))?;
                 (Targets::Soft(q.kernel_view()), rows as f64)
             }
         };

@@ -1,6 +1,7 @@
 //! The options value and its operations.
 
 use crate::batch::{self, Parallelism};
+use crate::rows::{same_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut};
 use rayon::ThreadPool;
 use softmax_kernels::{
@@ -156,12 +157,7 @@ impl Softmax {
         x: &[I],
         y: &mut [O],
     ) -> Result<(), Error> {
-        if x.len() != y.len() {
-            return Err(Error::LengthMismatch {
-                input: x.len(),
-                output: y.len(),
-            });
-        }
+        same_len(x.len(), y.len())?;
         let n = x.len();
         let x = Strided::new(I::any(x), 1, n, n);
         let y = StridedMut::new(O::any_mut(y), 1, n, n);
@@ -181,12 +177,7 @@ impl Softmax {
         x: Rows<'_, I>,
         y: RowsMut<'_, O>,
     ) -> Result<(), Error> {
-        if (x.rows, x.cols) != (y.rows, y.cols) {
-            return Err(Error::ShapeMismatch {
-                input: (x.rows, x.cols),
-                output: (y.rows, y.cols),
-            });
-        }
+        same_shape((x.rows, x.cols), (y.rows, y.cols))?;
         self.forward(output, Some(x.kernel_view()), y.into_kernel_view());
         Ok(())
     }

@@ -20,6 +20,22 @@ fn validate(len: usize, rows: usize, cols: usize, stride: usize) -> Result<(), E
     Ok(())
 }
 
+/// An input row and an output row of equal length, or the error.
+pub(crate) fn same_len(input: usize, output: usize) -> Result<(), Error> {
+    if input != output {
+        return Err(Error::LengthMismatch { input, output });
+    }
+    Ok(())
+}
+
+/// Input and output batches of equal (rows, cols), or the error.
+pub(crate) fn same_shape(input: (usize, usize), output: (usize, usize)) -> Result<(), Error> {
+    if input != output {
+        return Err(Error::ShapeMismatch { input, output });
+    }
+    Ok(())
+}
+
 fn rows_of(len: usize, cols: usize) -> Result<usize, Error> {
     match cols {
         0 if len == 0 => Ok(0),
