@@ -4,7 +4,7 @@
 use crate::dispatch;
 use crate::Isa;
 use rayon::ThreadPool;
-use softmax_kernels::{Backward, CrossEntropy, Forward, LogSumExp, Strided, StridedMut};
+use softmax_kernels::{Backward, CrossEntropy, Forward, LogSumExp, Sample, Strided, StridedMut};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -160,6 +160,20 @@ impl Batch for CrossEntropy<'_> {
         (part(xa, ga, ta, la), part(xb, gb, tb, lb))
     }
     fn run(self, isa: Isa) -> f64 {
+        dispatch::run(isa, self)
+    }
+}
+
+impl Batch for Sample<'_> {
+    type Out = ();
+    fn combine(_: (), _: ()) {}
+    fn rows(&self) -> usize {
+        self.x.rows()
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        Sample::split_at(self, k)
+    }
+    fn run(self, isa: Isa) {
         dispatch::run(isa, self)
     }
 }

@@ -54,6 +54,24 @@ pub enum Error {
     WeightsWithSoftTargets,
     /// `Reduction::None` without a buffer for the per-row losses.
     LossesRequired,
+    /// A row of no elements where one is needed (sampling, soft-argmax).
+    EmptyRow,
+    /// A NaN logit in this row of a sampling call.
+    NanLogit { row: usize },
+    /// Every logit of this row is −inf after the bias: there is nothing to draw.
+    NoFiniteLogit { row: usize },
+    /// top-k with k = 0.
+    InvalidTopK(usize),
+    /// top-p outside (0, 1].
+    InvalidTopP(f32),
+    /// min-p outside [0, 1].
+    InvalidMinP(f32),
+    /// A logit bias that is NaN or +inf.
+    InvalidBias { token: usize, bias: f32 },
+    /// A logit bias or ban for a token past the end of the row.
+    BiasOutOfRange { token: usize, cols: usize },
+    /// More top log-probabilities asked for than the row has tokens.
+    TooManyLogprobs { requested: usize, cols: usize },
 }
 
 impl fmt::Display for Error {
@@ -125,6 +143,30 @@ impl fmt::Display for Error {
             Error::LossesRequired => write!(
                 f,
                 "Reduction::None returns per-row losses; pass a buffer with one value per row"
+            ),
+            Error::EmptyRow => write!(f, "the row is empty; expected at least one logit"),
+            Error::NanLogit { row } => write!(
+                f,
+                "row {row} holds a NaN logit; a token cannot be drawn from it"
+            ),
+            Error::NoFiniteLogit { row } => write!(
+                f,
+                "every logit of row {row} is -inf after the bias; no token is left to draw"
+            ),
+            Error::InvalidTopK(k) => write!(f, "top-k of {k} is invalid; expected k ≥ 1"),
+            Error::InvalidTopP(p) => write!(f, "top-p of {p} is invalid; expected 0 < p ≤ 1"),
+            Error::InvalidMinP(p) => write!(f, "min-p of {p} is invalid; expected 0 ≤ min_p ≤ 1"),
+            Error::InvalidBias { token, bias } => write!(
+                f,
+                "bias {bias} for token {token} is invalid; expected a finite value or -inf (a ban)"
+            ),
+            Error::BiasOutOfRange { token, cols } => write!(
+                f,
+                "a bias or ban names token {token} but rows have {cols} tokens; expected token < {cols}"
+            ),
+            Error::TooManyLogprobs { requested, cols } => write!(
+                f,
+                "{requested} top log-probabilities asked for rows of {cols} tokens; expected at most {cols}"
             ),
             Error::IsaUnavailable(isa) => write!(
                 f,

@@ -9,6 +9,7 @@ mod error;
 mod isa;
 mod options;
 mod rows;
+mod sample;
 
 /// The `half` crate, whose `f16` and `bf16` are the half-precision [`Element`]s.
 pub use half;
@@ -20,6 +21,7 @@ pub use error::Error;
 pub use isa::Isa;
 pub use options::{Algorithm, Softmax, AUTO_ONLINE_FROM_COLS};
 pub use rows::{Rows, RowsMut};
+pub use sample::{gumbel_max, Draw, GumbelSoftmax, Sampler, TokenLogprob};
 
 /// Facts about this build, for reports.
 pub mod build_info {

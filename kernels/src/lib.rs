@@ -24,6 +24,8 @@
 //! | `row.rs`      | the three algorithms and the special-value rules |
 //! | `backward.rs` | softmax and log-softmax backward, the Jacobian |
 //! | `cross_entropy.rs` | cross-entropy and its gradient from logits |
+//! | `random.rs`   | the counter-based random source (SplitMix64 keyed by seed, row, step) |
+//! | `sample.rs`   | sampling a token: block maxima and sums, truncation, the draw |
 
 #![deny(unsafe_code)]
 
@@ -35,7 +37,9 @@ mod exp_sum;
 pub mod loops;
 mod max;
 mod output;
+pub mod random;
 mod row;
+mod sample;
 mod scan;
 mod shift;
 mod storage;
@@ -45,6 +49,7 @@ pub use cross_entropy::{LossOptions, RowTarget};
 pub use half;
 pub use pulp;
 pub use row::ONLINE_BLOCK;
+pub use sample::{Draw, Drawn, SampleOptions, TokenLogprob, BLOCK as SAMPLE_BLOCK};
 pub use storage::{AnySlice, AnySliceMut, Kind, Storage};
 
 use arch::Arch;
@@ -547,5 +552,85 @@ impl Job for CrossEntropy<'_> {
             total += loss;
         }
         total
+    }
+}
+
+/// One token drawn from each row of logits `x`, into `out[i]`; the top-n
+/// (token, log-probability) pairs of row i into `top[i·n .. (i+1)·n]`.
+/// Row i draws from the stream (seed, `first_row` + i, step).
+pub struct Sample<'a> {
+    pub options: SampleOptions<'a>,
+    pub x: Strided<'a>,
+    pub first_row: u64,
+    pub out: &'a mut [Drawn],
+    pub top: &'a mut [TokenLogprob],
+    pub top_n: usize,
+    /// When given: row i's truncated log-probabilities into
+    /// `kept[i·cols .. (i+1)·cols]` (-inf where truncation drops a token).
+    pub kept: Option<&'a mut [f32]>,
+}
+
+impl Sample<'_> {
+    /// The first `k` rows and the rest.
+    pub fn split_at(self, k: usize) -> (Self, Self) {
+        let (xa, xb) = self.x.split_at(k);
+        let k = xa.rows;
+        let (oa, ob) = self.out.split_at_mut(k.min(self.out.len()));
+        let cut = (k * self.top_n).min(self.top.len());
+        let (ta, tb) = self.top.split_at_mut(cut);
+        let (options, top_n, first_row) = (self.options, self.top_n, self.first_row);
+        let cols = xa.cols;
+        let (ka, kb) = match self.kept {
+            Some(kept) => {
+                let (a, b) = kept.split_at_mut((k * cols).min(kept.len()));
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        (
+            Sample {
+                options,
+                x: xa,
+                first_row,
+                out: oa,
+                top: ta,
+                top_n,
+                kept: ka,
+            },
+            Sample {
+                options,
+                x: xb,
+                first_row: first_row + k as u64,
+                out: ob,
+                top: tb,
+                top_n,
+                kept: kb,
+            },
+        )
+    }
+}
+
+impl Job for Sample<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A) {
+        let (rows, cols) = (self.x.rows, self.x.cols);
+        assert!(self.out.len() >= rows, "one outcome per row");
+        assert!(self.top.len() >= rows * self.top_n, "top_n pairs per row");
+        let mut ws = sample::Workspace::default();
+        let o = &self.options;
+        for i in 0..rows {
+            let stream = random::Stream::new(o.seed, self.first_row + i as u64, o.step);
+            let top = &mut self.top[i * self.top_n..(i + 1) * self.top_n];
+            // A match, not Option::map: a closure would be compiled outside the region.
+            #[allow(clippy::manual_map)]
+            let kept = match self.kept.as_deref_mut() {
+                Some(k) => Some(&mut k[i * cols..(i + 1) * cols]),
+                None => None,
+            };
+            let x = self.x.row(i);
+            self.out[i] = sample::sample_row(arch, x, o, stream, &mut ws, top, kept);
+        }
     }
 }
