@@ -186,6 +186,7 @@ pub(crate) struct Workspace {
     sums: Vec<f64>,
     cand: Vec<Cand>,
     sorted: Vec<f64>,
+    weighted: Vec<(f64, f64)>,
 }
 
 /// A candidate token: its biased logit and index.
@@ -503,14 +504,15 @@ fn draw<A: Arch, T: Storage>(
         }
         if top_p {
             let mass: f64 = ws.cand.iter().map(|c| w.w(c.v)).sum();
-            tau = tau.max(nucleus_cut(&ws.cand, o.top_p * mass, w, &mut ws.sorted));
+            tau = tau.max(nucleus_cut(&ws.cand, o.top_p * mass, w, &mut ws.weighted));
         }
     } else if top_p {
         ws.sums.clear();
         ws.sums.resize(nb, 0.0);
         block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
         let target = o.top_p * ws.sums.iter().sum::<f64>();
-        // Grow the candidate set until it holds the nucleus.
+        // Grow the candidate set until it holds the nucleus: one e-fold of
+        // weight at a time while the bulk of most rows lies there, then doubling.
         let mut depth = 8.0;
         loop {
             let floor = if depth > 1024.0 {
@@ -523,9 +525,13 @@ fn draw<A: Arch, T: Storage>(
             if mass >= target || floor == f64::NEG_INFINITY {
                 break;
             }
-            depth *= 2.0;
+            depth = if depth < 16.0 {
+                depth + 1.0
+            } else {
+                depth * 2.0
+            };
         }
-        tau = tau.max(nucleus_cut(&ws.cand, target, w, &mut ws.sorted));
+        tau = tau.max(nucleus_cut(&ws.cand, target, w, &mut ws.weighted));
     } else {
         row.collect(&ws.vmax, min_p, &mut ws.cand);
     }
@@ -545,19 +551,34 @@ fn draw<A: Arch, T: Storage>(
 }
 
 /// The largest τ such that the candidates with v ≥ τ hold at least `target`
-/// of the mass (the smallest candidate when none does).
-fn nucleus_cut(cand: &[Cand], target: f64, w: Weights, sorted: &mut Vec<f64>) -> f64 {
-    sorted.clear();
-    sorted.extend(cand.iter().map(|c| c.v));
-    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-    let mut acc = 0.0;
-    for &v in sorted.iter() {
-        acc += w.w(v);
-        if acc >= target {
+/// of the mass (the smallest candidate when none does). A quickselect that
+/// carries the mass of what it has set aside above: expected linear time, so a
+/// large candidate set is never sorted whole.
+fn nucleus_cut(cand: &[Cand], target: f64, w: Weights, space: &mut Vec<(f64, f64)>) -> f64 {
+    space.clear();
+    space.extend(cand.iter().map(|c| (c.v, w.w(c.v))));
+    let by_value_desc = |a: &(f64, f64), b: &(f64, f64)| b.0.total_cmp(&a.0);
+    let mut above = 0.0;
+    let mut part = &mut space[..];
+    while part.len() > 32 {
+        let mid = part.len() / 2;
+        part.select_nth_unstable_by(mid, by_value_desc);
+        let upper: f64 = part[..=mid].iter().map(|e| e.1).sum();
+        if above + upper >= target {
+            part = &mut part[..=mid];
+        } else {
+            above += upper;
+            part = &mut part[mid + 1..];
+        }
+    }
+    part.sort_unstable_by(by_value_desc);
+    for &(v, wv) in part.iter() {
+        above += wv;
+        if above >= target {
             return v;
         }
     }
-    sorted.last().copied().unwrap_or(f64::NEG_INFINITY)
+    part.last().map_or(f64::NEG_INFINITY, |e| e.0)
 }
 
 /// Inverse CDF over candidates in index order.
