@@ -29,6 +29,18 @@
 //! row's largest |reference| (gradients are ~1/cols), and every output and
 //! row loss must have been written.
 //!
+//! The `sampling/` group draws one token from one 128256-token f32 row of
+//! LLM-like logits (N(0, 2²) with a few peaked tokens), best ISA, one thread:
+//! the forward softmax of the row (out of place, `Algorithm::Auto`) as the
+//! yardstick; `Sampler` with top-k 50 + top-p 0.9 at t = 0.8 by inverse CDF
+//! and by Gumbel-max, with no truncation (both draws), min-p 0.05 alone and
+//! top-p 0.9 alone; and the full-sort sampler engines write (sort every
+//! (value, index) pair, top-k, softmax, top-p, one uniform). Each is checked
+//! first: the softmax against the scalar ISA; each sampler's kept set
+//! (`truncated_logprobs`) against a full sort in f64, and its draws inside it
+//! and as frequent as its probabilities say; the full sort's kept set and
+//! probabilities against the crate's (src/bin/report/sampling.rs).
+//!
 //! Every bench checks its answer once against the crate's scalar ISA
 //! (three-pass) before it is timed; half-precision outputs, widened, against the
 //! scalar ISA's f32 softmax of the widened input, within one unit in their last
@@ -36,7 +48,8 @@
 //! with bytes/s (read + written once).
 //!
 //! `cargo bench --bench softmax -- softmax/1024` runs one group;
-//! `cargo bench --bench softmax -- training` the training ones.
+//! `cargo bench --bench softmax -- training` the training ones;
+//! `cargo bench --bench softmax -- sampling` the sampling one.
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::{measurement::WallTime, SamplingMode};
@@ -54,6 +67,11 @@ use baselines::*;
 #[path = "../src/bin/report/training.rs"]
 mod training;
 use training::{Pass, Training, TRAINING_TOLERANCE};
+
+#[allow(dead_code)]
+#[path = "../src/bin/report/sampling.rs"]
+mod sampling;
+use sampling::{Case, SamplingRow, SAMPLING_COLS};
 
 const IN_CACHE_COLS: [usize; 3] = [128, 1024, 32000];
 /// 64 MiB of logits and 64 MiB of output: beyond any last-level cache this crate targets.
@@ -640,6 +658,30 @@ fn by_training(c: &mut Criterion) {
     }
 }
 
+// ------------------------------------------------------------------ sampling
+
+/// One token from one 128256-token row, every sampling case beside the
+/// forward softmax of the row and the full-sort sampler; each call draws at
+/// the next step.
+fn by_sampling(c: &mut Criterion) {
+    let cols = SAMPLING_COLS;
+    let mut work = SamplingRow::new(cols);
+    let mut group = c.benchmark_group(format!("sampling/1x{cols}"));
+    group.throughput(Throughput::Elements(cols as u64));
+    for case in Case::ALL {
+        let check = work.check(case);
+        assert!(
+            check.error <= case.tolerance(),
+            "{} ({}) on 1x{cols}: {check:?}, more than {:e}",
+            case.name(),
+            Isa::detect(),
+            case.tolerance()
+        );
+        group.bench_function(case.name(), |b| b.iter(|| black_box(work.call(case))));
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     // Short: ~180 benches; the suite should finish in a few minutes.
     Criterion::default()
@@ -651,6 +693,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = by_elements, by_bytes, by_threads, by_dtype, by_training
+    targets = by_elements, by_bytes, by_threads, by_dtype, by_training, by_sampling
 }
 criterion_main!(benches);

@@ -20,6 +20,12 @@
 //! loss alone) beside the forward softmax, and gives each its throughput as a
 //! multiple of the forward softmax's in the same run.
 //!
+//! A fourth table, "sampling", draws one token from one f32 row of LLM-like
+//! logits (by default 128256 wide; `sampling.rs`) with `Sampler` in the
+//! configurations engines use, one thread, and gives each its median time as a
+//! multiple of the forward softmax of the same row, and the full-sort sampler
+//! engines write as a multiple of each, all measured in the same run.
+//!
 //! Every configuration is checked once against the crate's scalar ISA before it
 //! is timed (half-precision outputs within one unit in the last place of their
 //! type; training passes on a few rows). Results go to stdout as tables, progress to stderr, and files to
@@ -30,12 +36,14 @@
 
 #[allow(dead_code)]
 mod baselines;
+mod sampling;
 mod svg;
 mod training;
 
 use baselines::{copy_scale, naive_softmax};
 use rayon::prelude::*;
 use rayon::ThreadPool;
+use sampling::{Case, SamplingRow, QUICK_SAMPLING_COLS, SAMPLING_COLS};
 use softmax::half::{bf16, f16};
 use softmax::{Algorithm, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
 use std::fmt::{self, Write as _};
@@ -135,6 +143,11 @@ usage: cargo run --release --bin report -- [flags]
                             with --quick 64x4096; none: no table): forward
                             softmax, softmax and log-softmax backward,
                             cross-entropy loss and gradient, loss alone
+  --sampling 128256,32000   row lengths of the sampling table (f32, one row, one
+                            thread; default 128256, with --quick 32000; none: no
+                            table): Sampler with top-k 50 + top-p 0.9, no
+                            truncation, min-p, top-p, against the forward softmax
+                            and a full-sort sampler
   --out DIR                 where results.csv, results.json and throughput.svg
                             go (default: report-out)
   --quick                   a few seconds: two small shapes, short samples
@@ -143,7 +156,10 @@ usage: cargo run --release --bin report -- [flags]
 Exits 1 if any configuration differs from the scalar ISA by more than
 1e-6 · max(1, |reference|) (half-precision outputs: 2^-10 for f16, 2^-7 for
 bf16, · max(|reference|, 2^-14); training passes: 1e-5 · the row's largest
-|reference|), 2 on a bad flag or an unwritable output directory.";
+|reference|; samplers: a kept set other than a full sort's, a token outside
+it, a frequency more than 5 standard errors off, or a token other than the
+scalar ISA's where they must agree), 2 on a bad flag or an unwritable output
+directory.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Shape {
@@ -321,6 +337,8 @@ struct Config {
     half_shapes: Vec<Shape>,
     /// The training table's shape, or none.
     training: Option<Shape>,
+    /// The sampling table's row lengths (none: no table).
+    sampling: Vec<usize>,
 }
 
 /// Parses the flags by hand (no clap: the report may only use the crate's dependencies).
@@ -341,10 +359,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
         pairs: ALL_PAIRS.to_vec(),
         half_shapes: Vec::new(),
         training: Some(TRAINING_SHAPE),
+        sampling: vec![SAMPLING_COLS],
     };
     let (mut quick, mut shapes_given, mut seconds_given, mut samples_given) =
         (false, false, false, false);
-    let mut training_given = false;
+    let (mut training_given, mut sampling_given) = (false, false);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // Both "--flag value" and "--flag=value".
@@ -403,6 +422,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
                 };
                 training_given = true;
             }
+            "--sampling" => {
+                config.sampling = match value()?.trim() {
+                    "none" => Vec::new(),
+                    cols => list(cols, |c| match c.parse::<usize>() {
+                        Ok(n) if n >= 1 => Ok(n),
+                        _ => Err(format!("bad row length {c:?}: expected an integer ≥ 1")),
+                    })?,
+                };
+                sampling_given = true;
+            }
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
@@ -422,6 +451,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Config>, 
         }
         if !training_given {
             config.training = Some(QUICK_TRAINING_SHAPE);
+        }
+        if !sampling_given {
+            config.sampling = vec![QUICK_SAMPLING_COLS];
         }
     }
     config.threads.dedup();
@@ -585,6 +617,8 @@ enum Op {
     LogSumExp(Isa, Algorithm),
     /// A pass of the training table, on the detected ISA.
     Training(Pass),
+    /// A case of the sampling table, on the detected ISA.
+    Sampling(Case),
 }
 
 impl Op {
@@ -596,13 +630,14 @@ impl Op {
             Op::LogSoftmax(..) => "log-softmax",
             Op::LogSumExp(..) => "logsumexp",
             Op::Training(pass) => pass.name(),
+            Op::Sampling(case) => case.name(),
         }
     }
 
     fn isa(self) -> String {
         match self {
             Op::Naive => "scalar".into(),
-            Op::CopyScale | Op::Training(_) => format!("{}", Isa::detect()),
+            Op::CopyScale | Op::Training(_) | Op::Sampling(_) => format!("{}", Isa::detect()),
             Op::Softmax(isa, _) | Op::LogSoftmax(isa, _) | Op::LogSumExp(isa, _) => isa.to_string(),
         }
     }
@@ -614,6 +649,7 @@ impl Op {
             Op::Softmax(_, a) | Op::LogSoftmax(_, a) | Op::LogSumExp(_, a) => a.name(),
             Op::Training(Pass::Forward) => Algorithm::Auto.name(),
             Op::Training(_) => "-",
+            Op::Sampling(case) => case.method(),
         }
     }
 }
@@ -763,7 +799,9 @@ impl Workload {
                 softmax.log_softmax_rows(rows(), RowsMut::contiguous(y, cols).unwrap())
             }
             Op::LogSumExp(..) => softmax.logsumexp_rows(rows(), lse),
-            Op::Training(_) => unreachable!("the training table has its own workload"),
+            Op::Training(_) | Op::Sampling(_) => {
+                unreachable!("those tables have their own workloads")
+            }
         };
         result.unwrap_or_else(|e| panic!("{} refused a valid call: {e}", op.name()));
     }
@@ -868,7 +906,9 @@ impl Timed for OpRun<'_> {
                 &reference.log_softmax[elements],
             ),
             Op::LogSumExp(..) => max_error(&work.lse[0][..count], &reference.logsumexp[..count]),
-            Op::Training(_) => unreachable!("the training table has its own workload"),
+            Op::Training(_) | Op::Sampling(_) => {
+                unreachable!("those tables have their own workloads")
+            }
         };
         (one_call, error)
     }
@@ -1071,7 +1111,9 @@ fn measure_group(
         let (isa, algorithm) = match op {
             Op::Softmax(i, a) | Op::LogSoftmax(i, a) | Op::LogSumExp(i, a) => (i, a),
             Op::Naive | Op::CopyScale => (Isa::Scalar, Algorithm::Auto),
-            Op::Training(_) => unreachable!("the training table has its own workload"),
+            Op::Training(_) | Op::Sampling(_) => {
+                unreachable!("those tables have their own workloads")
+            }
         };
         let options = Softmax::new()
             .isa(isa)
@@ -1099,6 +1141,7 @@ fn measure_group(
             elements: Pair::F32,
             vs_f32: f64::NAN,
             vs_forward: f64::NAN,
+            vs_full_sort: f64::NAN,
         });
     }
     let rate_of = |wanted: Op| {
@@ -1225,6 +1268,7 @@ impl HalfJob<'_> {
                 },
                 vs_f32: f64::NAN,
                 vs_forward: f64::NAN,
+                vs_full_sort: f64::NAN,
             });
         }
         records
@@ -1310,6 +1354,7 @@ fn measure_training_shape(
                 elements: Pair::F32,
                 vs_f32: f64::NAN,
                 vs_forward: f64::NAN,
+                vs_full_sort: f64::NAN,
             })
             .collect();
         let forward = group.iter().find(|r| r.op == Op::Training(Pass::Forward));
@@ -1333,6 +1378,8 @@ enum Section {
     HalfPrecision,
     /// Backward passes and cross-entropy beside the forward softmax, f32.
     Training,
+    /// Samplers on one f32 row beside its forward softmax and a full sort.
+    Sampling,
 }
 
 impl Section {
@@ -1341,6 +1388,7 @@ impl Section {
             Section::Main => "main",
             Section::HalfPrecision => "half-precision",
             Section::Training => "training",
+            Section::Sampling => "sampling",
         }
     }
 }
@@ -1359,8 +1407,11 @@ struct Record {
     elements: Pair,
     /// Half-precision table: throughput ÷ f32→f32's, same shape and threads.
     vs_f32: f64,
-    /// Training table: throughput ÷ the forward softmax's, same shape and threads.
+    /// Training and sampling tables: throughput ÷ the forward softmax's, same
+    /// shape and threads (for a sampler, the softmax's time ÷ its time).
     vs_forward: f64,
+    /// Sampling table: the full-sort sampler's time ÷ this one's.
+    vs_full_sort: f64,
 }
 
 impl Record {
@@ -1376,6 +1427,7 @@ impl Record {
         match self.op {
             Op::LogSumExp(..) => input as f64,
             Op::Training(pass) => pass.bytes_per_element() as f64,
+            Op::Sampling(case) => case.bytes_per_element() as f64,
             _ => (input + output) as f64,
         }
     }
@@ -1385,6 +1437,10 @@ impl Record {
     fn tolerance(&self) -> f64 {
         match self.section {
             Section::Training => TRAINING_TOLERANCE,
+            Section::Sampling => match self.op {
+                Op::Sampling(case) => case.tolerance(),
+                _ => unreachable!("the sampling table holds sampling cases"),
+            },
             _ => self.elements.output.tolerance(),
         }
     }
@@ -1412,6 +1468,7 @@ fn table_row(r: &Record) -> String {
     match r.section {
         Section::HalfPrecision => return half_row(r),
         Section::Training => return training_row(r),
+        Section::Sampling => return sampling_row(r, None),
         Section::Main => {}
     }
     format!(
@@ -1547,13 +1604,152 @@ fn print_training_header(shape: Shape) {
     );
 }
 
+// ---------------------------------------------------------------- sampling
+
+/// Checks every case (which also warms it up), then times them interleaved;
+/// each time ÷ the softmax's, and the full sort's ÷ each. With each record,
+/// the number of tokens its case keeps.
+fn measure_sampling_row(
+    cols: usize,
+    llc_bytes: usize,
+    (seconds, samples): (f64, usize),
+) -> Vec<(Record, Option<usize>)> {
+    let mut work = SamplingRow::new(cols);
+    let checks: Vec<sampling::Check> = Case::ALL.iter().map(|&c| work.check(c)).collect();
+    let timings = sampling::time_interleaved(&mut work, &Case::ALL, seconds, samples);
+    let shape = Shape { rows: 1, cols };
+    let time_of = |wanted: Case| {
+        let found = Case::ALL.iter().position(|&c| c == wanted);
+        found.map_or(f64::NAN, |j| timings[j].seconds_per_call)
+    };
+    let (softmax_time, full_sort_time) = (time_of(Case::Softmax), time_of(Case::FullSort));
+    Case::ALL
+        .iter()
+        .zip(checks.iter().zip(&timings))
+        .map(|(&case, (check, timing))| {
+            let record = Record {
+                shape,
+                op: Op::Sampling(case),
+                threads: 1,
+                out_of_cache: out_of_cache(shape, llc_bytes),
+                buffer_sets: 1,
+                m: Measurement {
+                    block_rows: 1,
+                    error: check.error,
+                    seconds_per_call: timing.seconds_per_call,
+                    samples: timing.samples,
+                    calls_per_sample: timing.calls_per_sample,
+                },
+                vs_naive: f64::NAN,
+                vs_copy: f64::NAN,
+                section: Section::Sampling,
+                elements: Pair::F32,
+                vs_f32: f64::NAN,
+                vs_forward: softmax_time / timing.seconds_per_call,
+                vs_full_sort: full_sort_time / timing.seconds_per_call,
+            };
+            (record, check.kept)
+        })
+        .collect()
+}
+
+const SAMPLING_TABLE_HEADER: &str =
+    "shape        sampler                    kept    µs/call   Gelem/s  ×softmax  target     ×full-sort  target        check";
+
+/// One row of the sampling table; `kept`: tokens the case keeps, when known.
+fn sampling_row(r: &Record, kept: Option<usize>) -> String {
+    let (time_target, speedup_target) = match r.op {
+        Op::Sampling(case) => (
+            sampling::time_target(case, 1.0 / r.vs_forward),
+            sampling::speedup_target(case, r.vs_full_sort),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    format!(
+        "{:<12} {:<24} {:>6} {:>10.2} {:>9.3} {:>9.3}  {:<9} {:>11.1}  {:<9} {:>9} {}",
+        r.shape,
+        r.op.name(),
+        kept.map_or("-".into(), |k| k.to_string()),
+        r.m.seconds_per_call * 1e6,
+        r.gelem(),
+        1.0 / r.vs_forward,
+        time_target,
+        r.vs_full_sort,
+        speedup_target,
+        match r.op {
+            Op::Sampling(Case::Softmax | Case::FullSort) => error_text(r.m.error),
+            _ if r.m.error.is_finite() => format!("z {:.1}", r.m.error),
+            _ => "mismatch".into(),
+        },
+        if r.ok() { "✓" } else { "✗" }
+    )
+}
+
+/// What the sampling table measured and how to read it.
+fn print_sampling_header(cols: &[usize], samples: usize) {
+    use sampling::{MIN_P, PEAKS, TOP_K, TOP_P};
+    let peaks: Vec<String> = PEAKS.iter().map(|p| p.to_string()).collect();
+    let cols: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+    println!(
+        "sampling: one f32 row of {} tokens, one thread, {} (the detected ISA), t = {}",
+        cols.join(" and "),
+        Isa::detect(),
+        sampling::TEMPERATURE
+    );
+    println!(
+        "  logits     N(0, {}²), seeded, with {} peaked tokens at {}",
+        sampling::LOGIT_SIGMA,
+        PEAKS.len(),
+        peaks.join(", ")
+    );
+    println!("  cases      softmax: Softmax::softmax, out of place, auto (the yardstick)");
+    println!(
+        "             Sampler::sample: top-k {TOP_K} + top-p {TOP_P} (inverse CDF, Gumbel-max), \
+         no truncation (both), min-p {MIN_P} alone, top-p {TOP_P} alone"
+    );
+    println!(
+        "             full-sort-reference: x/t, sort every (value, index) pair, top-k {TOP_K}, \
+         softmax over them, top-p {TOP_P} cut, one uniform (f32, scratch reused)"
+    );
+    println!("  kept       tokens the case keeps: finite truncated_logprobs (the full sort: its own set)");
+    println!(
+        "  ×softmax   median time per call ÷ the softmax's on the same row in this run \
+         (lower is faster); target for top-k+top-p/inverse-cdf: ≤ {}",
+        sampling::MAX_TIME_VS_SOFTMAX
+    );
+    println!(
+        "  ×full-sort the full sort's median time ÷ this one's (higher is faster); \
+         target for top-k+top-p/inverse-cdf: ≥ {}",
+        sampling::MIN_SPEEDUP_VS_FULL_SORT
+    );
+    println!(
+        "  timing     {samples} samples per case, the cases interleaved sample by sample; \
+         each call draws at the next step"
+    );
+    println!(
+        "  check      softmax: max|Δ| vs the scalar ISA ≤ {:e}·max(1,|ref|)",
+        sampling::SOFTMAX_TOLERANCE
+    );
+    println!(
+        "             samplers: the kept set is the one a full sort in f64 finds; {} draws, all \
+         inside it; z: the largest |count − N·p| in standard errors (tokens with p ≥ 1%, the rest \
+         pooled) ≤ {}; the scalar ISA's tokens where the draw does not depend on the ISA",
+        sampling::DRAWS,
+        sampling::Z_LIMIT
+    );
+    println!(
+        "             full sort: the crate's kept set, max|Δp| vs exp(truncated_logprobs) ≤ {:e}",
+        sampling::REFERENCE_TOLERANCE
+    );
+}
+
 const CSV_HEADER: &str = "shape,rows,cols,op,algorithm,isa,threads,out_of_cache,buffer_sets,\
 rows_per_call,seconds_per_call,gelem_per_s,gbytes_per_s,vs_naive,vs_copy_scale,max_error,ok,samples,calls_per_sample,\
-section,in_type,out_type,vs_f32,tolerance,vs_forward";
+section,in_type,out_type,vs_f32,tolerance,vs_forward,time_vs_forward,vs_full_sort";
 
 fn csv_row(r: &Record) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{},{},{},{},{:.4},{:e},{:.4}",
+        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{},{},{},{},{:.4},{:e},{:.4},{:.4},{:.4}",
         r.shape,
         r.shape.rows,
         r.shape.cols,
@@ -1578,7 +1774,9 @@ fn csv_row(r: &Record) -> String {
         r.elements.output.name(),
         r.vs_f32,
         r.tolerance(),
-        r.vs_forward
+        r.vs_forward,
+        1.0 / r.vs_forward,
+        r.vs_full_sort
     )
 }
 
@@ -1697,7 +1895,13 @@ fn json_document(machine: &Machine, config: &Config, seconds: f64, records: &[Re
     let training = config
         .training
         .map_or("null".into(), |s| json_string(&s.to_string()));
-    let _ = writeln!(out, "    \"training_shape\": {training}");
+    let _ = writeln!(out, "    \"training_shape\": {training},");
+    let sampling = config
+        .sampling
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>();
+    let _ = writeln!(out, "    \"sampling_cols\": [{}]", sampling.join(", "));
     let _ = writeln!(out, "  }},");
     let _ = writeln!(out, "  \"results\": [");
     for (i, r) in records.iter().enumerate() {
@@ -1727,6 +1931,8 @@ fn json_document(machine: &Machine, config: &Config, seconds: f64, records: &[Re
             ("vs_f32", json_number(r.vs_f32)),
             ("tolerance", json_number(r.tolerance())),
             ("vs_forward", json_number(r.vs_forward)),
+            ("time_vs_forward", json_number(1.0 / r.vs_forward)),
+            ("vs_full_sort", json_number(r.vs_full_sort)),
         ];
         let body: Vec<String> = fields
             .iter()
@@ -1977,13 +2183,15 @@ fn main() {
     let training_configurations = config
         .training
         .map_or(0, |s| thread_counts(&config, s).len() * Pass::ALL.len());
+    let sampling_configurations = config.sampling.len() * Case::ALL.len();
     let configurations: usize = config
         .shapes
         .iter()
         .map(|&s| thread_counts(&config, s).len() * ops.len())
         .sum::<usize>()
         + half_configurations
-        + training_configurations;
+        + training_configurations
+        + sampling_configurations;
     let seconds = config
         .seconds
         .unwrap_or((DEFAULT_BUDGET_S / configurations as f64).clamp(0.02, 0.3));
@@ -2091,8 +2299,29 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
         let group = measure_training_shape(shape, &pools, llc_bytes, (seconds, config.samples));
+        done += group.len();
         for record in group {
             println!("{}", training_row(&record));
+            records.push(record);
+        }
+        println!();
+    }
+
+    if !config.sampling.is_empty() {
+        print_sampling_header(&config.sampling, config.samples);
+        println!();
+        println!("{SAMPLING_TABLE_HEADER}");
+    }
+    for &cols in &config.sampling {
+        eprintln!(
+            "[sampling] 1x{cols}: {} configurations; {done}/{configurations} done, {:.1} s elapsed",
+            Case::ALL.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let group = measure_sampling_row(cols, llc_bytes, (seconds, config.samples));
+        done += group.len();
+        for (record, kept) in group {
+            println!("{}", sampling_row(&record, kept));
             records.push(record);
         }
         println!();
@@ -2219,6 +2448,44 @@ mod tests {
         assert!(parse_args(args("--training 0x4")).is_err());
     }
 
+    #[test]
+    fn sampling_flag() {
+        let cols = |text: &str| parse_args(args(text)).unwrap().unwrap().sampling;
+        assert_eq!(cols(""), vec![SAMPLING_COLS]);
+        assert_eq!(cols("--quick"), vec![QUICK_SAMPLING_COLS]);
+        assert_eq!(cols("--quick --sampling none"), Vec::<usize>::new());
+        assert_eq!(cols("--sampling 32000,128256"), vec![32000, 128256]);
+        assert!(parse_args(args("--sampling 0")).is_err());
+        assert!(parse_args(args("--sampling x")).is_err());
+    }
+
+    #[test]
+    fn sampling_cases_pass_their_checks_on_a_small_row() {
+        let mut work = SamplingRow::new(3000);
+        for case in Case::ALL {
+            let check = work.check(case);
+            assert!(
+                check.error <= case.tolerance(),
+                "{} on 3000: {check:?}",
+                case.name()
+            );
+        }
+    }
+
+    #[test]
+    fn sampling_logits_have_the_peaks_and_spread_wanted() {
+        let x = sampling::realistic_logits(SAMPLING_COLS, sampling::SEED);
+        for peak in sampling::PEAKS {
+            assert_eq!(x.iter().filter(|&&v| v == peak).count(), 1);
+        }
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(
+            mean.abs() < 0.05 && (var.sqrt() - 2.0).abs() < 0.05,
+            "{mean} {var}"
+        );
+    }
     #[test]
     fn training_passes_agree_with_the_scalar_isa() {
         // Rows of 37: a masked tail on every ISA; 3 rows: the check rows overlap.
