@@ -277,10 +277,13 @@ impl Sampler {
             });
         }
         let need = rows * top_n;
-        output_len(top.len() / top_n.max(1), rows).map_err(|_| Error::OutputTooShort {
-            len: top.len(),
-            rows: need,
-        })?;
+        if top.len() < need {
+            // Counted in rows: whole top-n lists.
+            return Err(Error::OutputTooShort {
+                len: top.len() / top_n,
+                rows,
+            });
+        }
         let mut tokens = vec![0usize; rows];
         let mut logprobs = vec![0.0f32; rows];
         let mut staged = vec![TokenLogprob::default(); need];
@@ -450,17 +453,20 @@ impl GumbelSoftmax {
     ) -> Result<(), Error> {
         crate::rows::same_shape((x.rows, x.cols), (y.rows, y.cols))?;
         output_len(indices.len(), x.rows)?;
+        // Every row is perturbed (and checked) before anything is written.
         let mut perturbed = vec![0.0f32; x.rows * x.cols];
-        for r in 0..x.rows {
+        let mut argmax = vec![0usize; x.rows];
+        for (r, index) in argmax.iter_mut().enumerate() {
             let xi = &x.data[r * x.stride..r * x.stride + x.cols];
             let p = &mut perturbed[r * x.cols..(r + 1) * x.cols];
-            indices[r] = perturb(xi, p, r, Stream::new(self.seed, r as u64, step))?;
+            *index = perturb(xi, p, r, Stream::new(self.seed, r as u64, step))?;
         }
-        for r in 0..x.rows {
+        for (r, &index) in argmax.iter().enumerate() {
             let p = &perturbed[r * x.cols..(r + 1) * x.cols];
             let yi = &mut y.data[r * y.stride..r * y.stride + y.cols];
-            self.write(p, yi, indices[r])?;
+            self.write(p, yi, index)?;
         }
+        indices[..x.rows].copy_from_slice(&argmax);
         Ok(())
     }
 

@@ -246,6 +246,12 @@ impl<T: Storage> Row<'_, T> {
     /// the blocks whose max reaches `floor`.
     fn collect(&self, vmax: &[f64], floor: f64, out: &mut Vec<Cand>) {
         out.clear();
+        self.collect_below(vmax, floor, None, out);
+    }
+    /// Appends the candidates with `floor` ≤ v < `below` (no upper limit when
+    /// `None`), in index order.
+    fn collect_below(&self, vmax: &[f64], floor: f64, below: Option<f64>, out: &mut Vec<Cand>) {
+        let (open, below) = (below.is_none(), below.unwrap_or(0.0));
         let mut buf = [0.0; BLOCK];
         for (b, &m) in vmax.iter().enumerate() {
             if m < floor || m == f64::NEG_INFINITY {
@@ -253,7 +259,7 @@ impl<T: Storage> Row<'_, T> {
             }
             let len = self.values(b, &mut buf);
             for (j, &v) in buf[..len].iter().enumerate() {
-                if v >= floor && v > f64::NEG_INFINITY {
+                if v >= floor && v > f64::NEG_INFINITY && (open || v < below) {
                     out.push(Cand {
                         v,
                         i: b * BLOCK + j,
@@ -310,8 +316,11 @@ fn block_maxima<A: Arch>(arch: A, x: AnySlice<'_>, out: &mut [f32]) -> bool {
     k.nan
 }
 
-/// Σ e^z of each block into `out`, z = (x - reference)·inv_t, then the blocks
-/// holding a bias recomputed in f64.
+/// Σ e^z of each block into `out`, z = (v - max)·inv_t. The SIMD pass takes z
+/// from the f32 nearest the max (no unbiased logit lies above it), and its sums
+/// are rescaled to the max in f64; the blocks holding a bias, and every block
+/// when that scale is out of range (a biased max far off the f32 grid at a
+/// tiny t), are summed in f64.
 #[inline(always)]
 fn block_sums<A: Arch, T: Storage>(
     arch: A,
@@ -321,13 +330,26 @@ fn block_sums<A: Arch, T: Storage>(
     inv_t: f32,
     out: &mut [f64],
 ) {
-    let reference = w.reference as f32;
-    // The reference is an f32 (see `sample_typed`), so the SIMD z and the f64 z agree.
-    with_shift!(AnyShift::new(reference, f32::NEG_INFINITY, inv_t), z => {
-        let mut k = BlockSums { shift: z, out: &mut *out, next: 0 };
-        run(arch, Io::Read(x), &mut Stage::new(&mut []), &mut k);
-    });
+    let reference = (w.reference as f32).clamp(f32::MIN, f32::MAX);
+    let scale = w.w(reference as f64);
     let mut buf = [0.0; BLOCK];
+    if (1e-30..=1e30).contains(&scale) {
+        with_shift!(AnyShift::new(reference, f32::NEG_INFINITY, inv_t), z => {
+            let mut k = BlockSums { shift: z, out: &mut *out, next: 0 };
+            run(arch, Io::Read(x), &mut Stage::new(&mut []), &mut k);
+        });
+        if scale != 1.0 {
+            for s in out.iter_mut() {
+                *s *= scale;
+            }
+        }
+    } else {
+        for (b, s) in out.iter_mut().enumerate() {
+            let len = row.values(b, &mut buf);
+            *s = buf[..len].iter().map(|&v| w.w(v)).sum();
+        }
+        return;
+    }
     let mut e = 0;
     while e < row.bias.len() {
         let b = row.bias[e].0 as usize / BLOCK;
@@ -398,8 +420,8 @@ fn sample_typed<A: Arch, T: Storage>(
     if max == f64::INFINITY {
         return sample_infinite(&row, o, stream, ws, top, kept);
     }
-    // Weights are taken relative to an f32 near the max, which the SIMD sums share.
-    let reference = (max as f32).clamp(f32::MIN, f32::MAX) as f64;
+    // Weights are taken relative to the max: every weight is at most 1.
+    let reference = max;
     let logprobs = if o.logprob || !top.is_empty() {
         let w1 = Weights {
             reference,
@@ -512,19 +534,25 @@ fn draw<A: Arch, T: Storage>(
         block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
         let target = o.top_p * ws.sums.iter().sum::<f64>();
         // Grow the candidate set until it holds the nucleus: one e-fold of
-        // weight at a time while the bulk of most rows lies there, then doubling.
+        // weight at a time while the bulk of most rows lies there, then
+        // doubling. Each step adds only the logits between the old and new floors.
         let mut depth = 8.0;
+        let mut below = None;
+        let mut mass = 0.0;
+        ws.cand.clear();
         loop {
             let floor = if depth > 1024.0 {
                 f64::NEG_INFINITY
             } else {
                 max - depth / w.inv_t
             };
-            row.collect(&ws.vmax, floor, &mut ws.cand);
-            let mass: f64 = ws.cand.iter().map(|c| w.w(c.v)).sum();
+            let start = ws.cand.len();
+            row.collect_below(&ws.vmax, floor, below, &mut ws.cand);
+            mass += ws.cand[start..].iter().map(|c| w.w(c.v)).sum::<f64>();
             if mass >= target || floor == f64::NEG_INFINITY {
                 break;
             }
+            below = Some(floor);
             depth = if depth < 16.0 {
                 depth + 1.0
             } else {
@@ -536,6 +564,9 @@ fn draw<A: Arch, T: Storage>(
         row.collect(&ws.vmax, min_p, &mut ws.cand);
     }
     ws.cand.retain(|c| c.v >= tau);
+    // Index order (the growth of top-p appends out of order), so the draw does
+    // not depend on how the set was found. Already sorted on the other paths.
+    ws.cand.sort_unstable_by_key(|c| c.i);
     if let Some(kept) = kept {
         let total: f64 = ws.cand.iter().map(|c| w.w(c.v)).sum();
         let ln_total = total.ln();
@@ -713,8 +744,14 @@ fn sample_infinite<T: Storage>(
     let share = -(count as f64).ln() as f32;
     if let Some(kept) = kept {
         kept.fill(f32::NEG_INFINITY);
-        for c in &ws.cand {
-            kept[c.i] = share;
+        match o.temperature {
+            // t = 0 draws the first +inf token, always.
+            None => kept[ws.cand[0].i] = 0.0,
+            Some(_) => {
+                for c in &ws.cand {
+                    kept[c.i] = share;
+                }
+            }
         }
     }
     let index = match (o.temperature, o.draw) {
