@@ -5,7 +5,8 @@
 //! - [`backend`]: every path the tests drive — each ISA of the public API, and
 //!   pulp's emulated 4-, 8- and 16-lane scalar tokens through the kernels crate;
 //! - [`inputs`]: a deterministic PRNG, the value ranges, guarded misaligned buffers;
-//! - [`check`]: the per-row checker and the sweep report (error table + failures).
+//! - [`check`]: the per-row checker and the sweep report (error table + failures);
+//! - [`sampling`]: the sort-based reference of a sampler's distribution, and chi-square.
 //!
 //! An ISA this CPU lacks is printed as `SKIPPED: <isa> not available on this CPU`
 //! and never counted as run.
@@ -18,6 +19,7 @@ pub mod bounds;
 pub mod check;
 pub mod inputs;
 pub mod oracle;
+pub mod sampling;
 pub mod training;
 
 pub use backend::{Backend, Op, Outputs, ALGORITHMS};
