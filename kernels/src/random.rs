@@ -4,6 +4,7 @@
 //! stream(seed, row, step) = mix(mix(mix(seed + 1·γ) ^ mix(row + 2·γ)) ^ mix(step + 3·γ))
 //! bits(stream, c)         = mix(stream + (c + 1)·γ)          (SplitMix64 at counter c)
 //! uniform                 = ((bits >> 11) + ½) · 2⁻⁵³         in (0, 1), never 0 or 1
+//!                           (the top cell, which would round to 1, is 1 − 2⁻⁵³)
 //! ```
 //! `mix` is SplitMix64's output function (Stafford's "Mix13" finaliser, a
 //! bijection of u64 with full avalanche) and γ = 0x9E3779B97F4A7C15, the
@@ -58,10 +59,12 @@ impl Stream {
     }
 }
 
-/// The uniform in (0, 1) that 64 random bits stand for.
+/// The uniform in (0, 1) that 64 random bits stand for. The top cell's centre,
+/// 1 − 2⁻⁵⁴, would round to 1; it takes the largest f64 below 1 instead.
 #[inline(always)]
 pub fn uniform_of(bits: u64) -> f64 {
-    ((bits >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
+    let u = ((bits >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
+    u.min(1.0 - f64::EPSILON / 2.0)
 }
 
 /// The Gumbel variate that 64 random bits stand for.
