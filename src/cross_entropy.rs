@@ -2,7 +2,7 @@
 //! over each row, without storing probabilities.
 
 use crate::batch::{self, Parallelism};
-use crate::rows::same_shape;
+use crate::rows::{output_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut, Softmax};
 use rayon::ThreadPool;
 use softmax_kernels::{Labels, LossOptions, Targets};
@@ -253,9 +253,7 @@ impl<'w> CrossEntropy<'w> {
             same_shape((rows, cols), (g.rows, g.cols))?;
         }
         if let Some(l) = &losses {
-            if l.len() < rows {
-                return Err(Error::OutputTooShort { len: l.len(), rows });
-            }
+            output_len(l.len(), rows)?;
         } else if self.reduction == Reduction::None {
             return Err(Error::LossesRequired);
         }

@@ -1,7 +1,7 @@
 //! The options value and its operations.
 
 use crate::batch::{self, Parallelism};
-use crate::rows::{same_len, same_shape};
+use crate::rows::{output_len, same_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut};
 use rayon::ThreadPool;
 use softmax_kernels::{
@@ -253,12 +253,7 @@ impl Softmax {
         x: Rows<'_, T>,
         out: &mut [O],
     ) -> Result<(), Error> {
-        if out.len() < x.rows {
-            return Err(Error::OutputTooShort {
-                len: out.len(),
-                rows: x.rows,
-            });
-        }
+        output_len(out.len(), x.rows)?;
         let cols = x.cols;
         let job = LogSumExp {
             method: self.algorithm.method(cols),

@@ -28,6 +28,14 @@ pub(crate) fn same_len(input: usize, output: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// An output of at least one value per row, or the error.
+pub(crate) fn output_len(len: usize, rows: usize) -> Result<(), Error> {
+    if len < rows {
+        return Err(Error::OutputTooShort { len, rows });
+    }
+    Ok(())
+}
+
 /// Input and output batches of equal (rows, cols), or the error.
 pub(crate) fn same_shape(input: (usize, usize), output: (usize, usize)) -> Result<(), Error> {
     if input != output {

@@ -3,7 +3,7 @@
 //! Gumbel-softmax; soft-argmax.
 
 use crate::batch::{self, Parallelism};
-use crate::rows::same_len;
+use crate::rows::{output_len, same_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut, Softmax};
 use rayon::ThreadPool;
 use softmax_kernels::random::Stream;
@@ -187,14 +187,7 @@ impl Sampler {
     pub fn sample<T: Element>(&self, logits: &[T], step: u64) -> Result<usize, Error> {
         let n = logits.len();
         let mut token = [0usize];
-        self.rows(
-            Rows::new(logits, 1, n, n)?,
-            step,
-            &mut token,
-            false,
-            None,
-            None,
-        )?;
+        self.rows(Rows::new(logits, 1, n, n)?, step, &mut token, None, None)?;
         Ok(token[0])
     }
 
@@ -224,7 +217,7 @@ impl Sampler {
         step: u64,
         tokens: &mut [usize],
     ) -> Result<(), Error> {
-        self.rows(logits, step, tokens, false, None, None)
+        self.rows(logits, step, tokens, None, None)
     }
 
     /// The distribution a draw from `logits` samples: ln of the truncated,
@@ -242,7 +235,7 @@ impl Sampler {
         let mut token = [0usize];
         let mut staged = vec![0.0f32; n];
         let rows = Rows::new(logits, 1, n, n)?;
-        self.rows(rows, 0, &mut token, false, None, Some(&mut staged))?;
+        self.rows(rows, 0, &mut token, None, Some(&mut staged))?;
         out.copy_from_slice(&staged);
         Ok(())
     }
@@ -291,7 +284,6 @@ impl Sampler {
             logits,
             step,
             &mut tokens,
-            true,
             Some((&mut logprobs, &mut staged, top_n)),
             None,
         )?;
@@ -309,7 +301,6 @@ impl Sampler {
         logits: Rows<'_, T>,
         step: u64,
         tokens: &mut [usize],
-        logprob: bool,
         extra: Option<(&mut [f32], &mut [TokenLogprob], usize)>,
         kept: Option<&mut [f32]>,
     ) -> Result<(), Error> {
@@ -327,6 +318,7 @@ impl Sampler {
             }
         }
         let mut outcomes = vec![Drawn::NoFinite; rows];
+        let logprob = extra.is_some();
         let (logprobs, top, top_n) = match extra {
             Some((l, t, n)) => (Some(l), t, n),
             None => (None, &mut [][..], 0),
@@ -373,13 +365,6 @@ impl Sampler {
             logprob,
         }
     }
-}
-
-fn output_len(len: usize, rows: usize) -> Result<(), Error> {
-    if len < rows {
-        return Err(Error::OutputTooShort { len, rows });
-    }
-    Ok(())
 }
 
 /// The Gumbel-max trick: argmax(x + G), G a standard Gumbel variate per token
@@ -439,7 +424,11 @@ impl GumbelSoftmax {
         step: u64,
     ) -> Result<usize, Error> {
         same_len(x.len(), y.len())?;
-        self.row(x, y, 0, step)
+        let n = x.len();
+        let mut index = [0usize];
+        let (x, y) = (Rows::new(x, 1, n, n)?, RowsMut::new(y, 1, n, n)?);
+        self.sample_rows(x, y, step, &mut index)?;
+        Ok(index[0])
     }
 
     /// Each row of `x` into the same row of `y`; row i uses the stream
@@ -451,7 +440,7 @@ impl GumbelSoftmax {
         step: u64,
         indices: &mut [usize],
     ) -> Result<(), Error> {
-        crate::rows::same_shape((x.rows, x.cols), (y.rows, y.cols))?;
+        same_shape((x.rows, x.cols), (y.rows, y.cols))?;
         output_len(indices.len(), x.rows)?;
         // Every row is perturbed (and checked) before anything is written.
         let mut perturbed = vec![0.0f32; x.rows * x.cols];
@@ -468,19 +457,6 @@ impl GumbelSoftmax {
         }
         indices[..x.rows].copy_from_slice(&argmax);
         Ok(())
-    }
-
-    fn row<I: Element, O: Element>(
-        &self,
-        x: &[I],
-        y: &mut [O],
-        row: u64,
-        step: u64,
-    ) -> Result<usize, Error> {
-        let mut perturbed = vec![0.0f32; x.len()];
-        let index = perturb(x, &mut perturbed, 0, Stream::new(self.seed, row, step))?;
-        self.write(&perturbed, y, index)?;
-        Ok(index)
     }
 
     fn write<O: Element>(&self, perturbed: &[f32], y: &mut [O], index: usize) -> Result<(), Error> {

@@ -8,8 +8,9 @@
 //! top-k:   L = k-th largest block max ≤ k-th largest v, so only blocks with max ≥ L
 //!          can hold the top k; collect their v ≥ L, select the k-th (τk), keep v ≥ τk
 //! top-p:   over what top-k kept (else over the row: pass 2, Σ e^z per block, and a
-//!          candidate set {v ≥ max - d·t} grown d = 8, 16, … until it holds p·Σ),
-//!          sort the candidates, keep the largest v until their mass reaches p
+//!          candidate set {v ≥ max - d·t} grown d = 8, 9, …, 16, 32, … until it holds
+//!          p·Σ), keep the largest v until their mass reaches p (a quickselect that
+//!          carries the mass it sets aside; the candidates are never sorted whole)
 //! min-p:   keep z ≥ ln(min_p) (relative to the max probability; no exp)
 //! draw:    inverse CDF over the kept set in index order (one uniform, f64 sums), or
 //!          argmax z + Gumbel noise keyed by token index
@@ -42,10 +43,31 @@ const fn steps_per_block<S: Simd>() -> usize {
     BLOCK / (UNROLL * (core::mem::size_of::<S::f32s>() / core::mem::size_of::<f32>()))
 }
 
+/// One value per block, written as the loop flushes each block.
+struct PerBlock<'a, T> {
+    out: &'a mut [T],
+    next: usize,
+}
+
+impl<'a, T> PerBlock<'a, T> {
+    #[inline(always)]
+    fn new(out: &'a mut [T]) -> Self {
+        Self { out, next: 0 }
+    }
+    /// The next block's value. A row that is a whole number of blocks ends on
+    /// an empty flush, which has no block to go to.
+    #[inline(always)]
+    fn push(&mut self, value: T) {
+        if self.next < self.out.len() {
+            self.out[self.next] = value;
+            self.next += 1;
+        }
+    }
+}
+
 /// Pass 1: the max of each block, and whether the row holds a NaN.
 struct BlockMax<'a> {
-    out: &'a mut [f32],
-    next: usize,
+    out: PerBlock<'a, f32>,
     nan: bool,
 }
 
@@ -77,11 +99,7 @@ impl<S: Simd> Kernel<S> for BlockMax<'_> {
     }
     #[inline(always)]
     fn flush(&mut self, simd: S, (m, ok): Self::Acc) {
-        // A row that is a whole number of blocks ends on an empty flush.
-        if self.next < self.out.len() {
-            self.out[self.next] = simd.reduce_max_f32s(m);
-            self.next += 1;
-        }
+        self.out.push(simd.reduce_max_f32s(m));
         let bad = simd.select_f32s(ok, simd.splat_f32s(0.0), simd.splat_f32s(1.0));
         self.nan |= simd.reduce_max_f32s(bad) > 0.0;
     }
@@ -90,8 +108,7 @@ impl<S: Simd> Kernel<S> for BlockMax<'_> {
 /// Pass 2: Σ e^z of each block, z = (x - reference)/t, in f32 lanes then f64.
 struct BlockSums<'a, Z> {
     shift: Z,
-    out: &'a mut [f64],
-    next: usize,
+    out: PerBlock<'a, f64>,
 }
 
 impl<S: Simd, Z: Shift> Kernel<S> for BlockSums<'_, Z> {
@@ -117,10 +134,7 @@ impl<S: Simd, Z: Shift> Kernel<S> for BlockSums<'_, Z> {
     }
     #[inline(always)]
     fn flush(&mut self, _: S, acc: S::f32s) {
-        if self.next < self.out.len() {
-            self.out[self.next] = sum_lanes_f64::<S>(&acc);
-            self.next += 1;
-        }
+        self.out.push(sum_lanes_f64::<S>(&acc));
     }
 }
 
@@ -211,6 +225,13 @@ impl<T: Storage> Row<'_, T> {
     fn range(&self, b: usize) -> core::ops::Range<usize> {
         b * BLOCK..((b + 1) * BLOCK).min(self.x.len())
     }
+    /// The blocks holding a bias entry, each once, in order.
+    #[inline(always)]
+    fn biased_blocks(&self) -> impl Iterator<Item = usize> + '_ {
+        self.bias
+            .chunk_by(|a, b| a.0 as usize / BLOCK == b.0 as usize / BLOCK)
+            .map(|entries| entries[0].0 as usize / BLOCK)
+    }
     /// The bias entries of block `b`.
     #[inline(always)]
     fn bias_of(&self, b: usize) -> &[(u32, f32)] {
@@ -280,13 +301,26 @@ fn biased(x: f64, d: f32) -> f64 {
     }
 }
 
+/// A lower bound of the k-th largest logit of a row (1-based): the k-th largest
+/// block max (k distinct logits reach it), or -inf when there are k blocks or
+/// fewer. `space` is working room.
+fn kth_largest_floor(vmax: &[f64], k: usize, space: &mut Vec<f64>) -> f64 {
+    if vmax.len() <= k {
+        return f64::NEG_INFINITY;
+    }
+    space.clear();
+    space.extend_from_slice(vmax);
+    kth_largest(space, k)
+}
+
 /// The k-th largest of `values` (1-based), reordering them.
 fn kth_largest(values: &mut [f64], k: usize) -> f64 {
     let (_, kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     *kth
 }
 
-/// Weights e^z relative to a reference near the max.
+/// Weights e^z, z = (v - reference)/t; the reference is the row's max, so
+/// every weight is at most 1.
 #[derive(Clone, Copy)]
 struct Weights {
     reference: f64,
@@ -308,15 +342,15 @@ impl Weights {
 #[inline(always)]
 fn block_maxima<A: Arch>(arch: A, x: AnySlice<'_>, out: &mut [f32]) -> bool {
     let mut k = BlockMax {
-        out,
-        next: 0,
+        out: PerBlock::new(out),
         nan: false,
     };
     run(arch, Io::Read(x), &mut Stage::new(&mut []), &mut k);
     k.nan
 }
 
-/// Σ e^z of each block into `out`, z = (v - max)·inv_t. The SIMD pass takes z
+/// Σ e^z of each block into `out` (one per block), z = (v - max)·inv_t; returns
+/// their total. The SIMD pass takes z
 /// from the f32 nearest the max (no unbiased logit lies above it), and its sums
 /// are rescaled to the max in f64; the blocks holding a bias, and every block
 /// when that scale is out of range (a biased max far off the f32 grid at a
@@ -328,14 +362,16 @@ fn block_sums<A: Arch, T: Storage>(
     row: &Row<'_, T>,
     w: Weights,
     inv_t: f32,
-    out: &mut [f64],
-) {
+    out: &mut Vec<f64>,
+) -> f64 {
+    out.clear();
+    out.resize(row.blocks(), 0.0);
     let reference = (w.reference as f32).clamp(f32::MIN, f32::MAX);
     let scale = w.w(reference as f64);
     let mut buf = [0.0; BLOCK];
     if (1e-30..=1e30).contains(&scale) {
         with_shift!(AnyShift::new(reference, f32::NEG_INFINITY, inv_t), z => {
-            let mut k = BlockSums { shift: z, out: &mut *out, next: 0 };
+            let mut k = BlockSums { shift: z, out: PerBlock::new(out) };
             run(arch, Io::Read(x), &mut Stage::new(&mut []), &mut k);
         });
         if scale != 1.0 {
@@ -348,15 +384,13 @@ fn block_sums<A: Arch, T: Storage>(
             let len = row.values(b, &mut buf);
             *s = buf[..len].iter().map(|&v| w.w(v)).sum();
         }
-        return;
+        return out.iter().sum();
     }
-    let mut e = 0;
-    while e < row.bias.len() {
-        let b = row.bias[e].0 as usize / BLOCK;
+    for b in row.biased_blocks() {
         let len = row.values(b, &mut buf);
         out[b] = buf[..len].iter().map(|&v| w.w(v)).sum();
-        e += row.bias[e..].partition_point(|&(i, _)| i as usize / BLOCK == b);
     }
+    out.iter().sum()
 }
 
 /// One row: the drawn token (and its log-probability), the top-n
@@ -406,12 +440,9 @@ fn sample_typed<A: Arch, T: Storage>(
     ws.vmax.clear();
     ws.vmax.extend(ws.maxima.iter().map(|&m| m as f64));
     let mut buf = [0.0; BLOCK];
-    let mut e = 0;
-    while e < o.bias.len() {
-        let b = o.bias[e].0 as usize / BLOCK;
+    for b in row.biased_blocks() {
         let len = row.values(b, &mut buf);
         ws.vmax[b] = buf[..len].iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-        e += o.bias[e..].partition_point(|&(i, _)| i as usize / BLOCK == b);
     }
     let max = ws.vmax.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
     if max == f64::NEG_INFINITY {
@@ -420,17 +451,13 @@ fn sample_typed<A: Arch, T: Storage>(
     if max == f64::INFINITY {
         return sample_infinite(&row, o, stream, ws, top, kept);
     }
-    // Weights are taken relative to the max: every weight is at most 1.
     let reference = max;
     let logprobs = if o.logprob || !top.is_empty() {
         let w1 = Weights {
             reference,
             inv_t: 1.0,
         };
-        ws.sums.clear();
-        ws.sums.resize(nb, 0.0);
-        block_sums(arch, xs, &row, w1, 1.0, &mut ws.sums);
-        let lse = reference + ws.sums.iter().sum::<f64>().ln();
+        let lse = reference + block_sums(arch, xs, &row, w1, 1.0, &mut ws.sums).ln();
         top_logprobs(&row, &ws.vmax, lse, &mut ws.cand, &mut ws.sorted, top);
         Some(lse)
     } else {
@@ -483,7 +510,6 @@ fn draw<A: Arch, T: Storage>(
     kept: Option<&mut [f32]>,
 ) -> usize {
     let n = row.x.len();
-    let nb = row.blocks();
     let top_k = o.top_k < n;
     let top_p = o.top_p < 1.0;
     let min_p = if o.min_p > 0.0 {
@@ -494,10 +520,8 @@ fn draw<A: Arch, T: Storage>(
     if !top_k && !top_p && min_p == f64::NEG_INFINITY && kept.is_none() {
         return match o.draw {
             Draw::InverseCdf => {
-                ws.sums.clear();
-                ws.sums.resize(nb, 0.0);
-                block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
-                inverse_cdf_blocks(row, &ws.sums, w, stream)
+                let total = block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
+                inverse_cdf_blocks(row, &ws.sums, total, w, stream)
             }
             Draw::GumbelMax => gumbel_blocks(row, &ws.vmax, w, max, stream),
         };
@@ -505,13 +529,7 @@ fn draw<A: Arch, T: Storage>(
     let mut tau = min_p;
     if top_k {
         let k = o.top_k;
-        let mut floor = if nb > k {
-            ws.sorted.clear();
-            ws.sorted.extend_from_slice(&ws.vmax);
-            kth_largest(&mut ws.sorted, k)
-        } else {
-            f64::NEG_INFINITY
-        };
+        let mut floor = kth_largest_floor(&ws.vmax, k, &mut ws.sorted);
         if !top_p {
             // min-p cuts no fewer than top-k here; collect no more than both keep.
             floor = floor.max(min_p);
@@ -529,10 +547,7 @@ fn draw<A: Arch, T: Storage>(
             tau = tau.max(nucleus_cut(&ws.cand, o.top_p * mass, w, &mut ws.weighted));
         }
     } else if top_p {
-        ws.sums.clear();
-        ws.sums.resize(nb, 0.0);
-        block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
-        let target = o.top_p * ws.sums.iter().sum::<f64>();
+        let target = o.top_p * block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
         // Grow the candidate set until it holds the nucleus: one e-fold of
         // weight at a time while the bulk of most rows lies there, then
         // doubling. Each step adds only the logits between the old and new floors.
@@ -647,10 +662,10 @@ fn gumbel_max(cand: &[Cand], w: Weights, stream: Stream) -> usize {
 fn inverse_cdf_blocks<T: Storage>(
     row: &Row<'_, T>,
     sums: &[f64],
+    total: f64,
     w: Weights,
     stream: Stream,
 ) -> usize {
-    let total: f64 = sums.iter().sum();
     let target = stream.uniform(INVERSE_CDF) * total;
     let mut acc = 0.0;
     let mut chosen = None;
@@ -810,13 +825,7 @@ fn top_logprobs<T: Storage>(
     if n == 0 {
         return;
     }
-    let floor = if vmax.len() > n {
-        sorted.clear();
-        sorted.extend_from_slice(vmax);
-        kth_largest(sorted, n)
-    } else {
-        f64::NEG_INFINITY
-    };
+    let floor = kth_largest_floor(vmax, n, sorted);
     row.collect(vmax, floor, cand);
     cand.sort_by(|a, b| b.v.total_cmp(&a.v).then(a.i.cmp(&b.i)));
     let mut masked = (0..row.x.len()).filter(|&i| row.value(i) == f64::NEG_INFINITY);
