@@ -313,7 +313,10 @@ fn kth_largest_floor(vmax: &[f64], k: usize, space: &mut Vec<f64>) -> f64 {
     kth_largest(space, k)
 }
 
-/// The k-th largest of `values` (1-based), reordering them.
+/// The k-th largest of `values` (1-based), reordering them. Never inlined, as
+/// every per-row function here that sorts or selects: std's sort stays out of
+/// the vectorised region.
+#[inline(never)]
 fn kth_largest(values: &mut [f64], k: usize) -> f64 {
     let (_, kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     *kth
@@ -579,9 +582,7 @@ fn draw<A: Arch, T: Storage>(
         row.collect(&ws.vmax, min_p, &mut ws.cand);
     }
     ws.cand.retain(|c| c.v >= tau);
-    // Index order (the growth of top-p appends out of order), so the draw does
-    // not depend on how the set was found. Already sorted on the other paths.
-    ws.cand.sort_unstable_by_key(|c| c.i);
+    into_index_order(&mut ws.cand);
     if let Some(kept) = kept {
         let total: f64 = ws.cand.iter().map(|c| w.w(c.v)).sum();
         let ln_total = total.ln();
@@ -596,10 +597,20 @@ fn draw<A: Arch, T: Storage>(
     }
 }
 
+/// Puts a kept set in index order (the growth of top-p appends out of order),
+/// so the draw does not depend on how the set was found; already in order on
+/// the other paths. Once per row, never inlined: std's sort stays out of the
+/// vectorised region that calls it.
+#[inline(never)]
+fn into_index_order(cand: &mut [Cand]) {
+    cand.sort_unstable_by_key(|c| c.i);
+}
+
 /// The largest τ such that the candidates with v ≥ τ hold at least `target`
 /// of the mass (the smallest candidate when none does). A quickselect that
 /// carries the mass of what it has set aside above: expected linear time, so a
 /// large candidate set is never sorted whole.
+#[inline(never)]
 fn nucleus_cut(cand: &[Cand], target: f64, w: Weights, space: &mut Vec<(f64, f64)>) -> f64 {
     space.clear();
     space.extend(cand.iter().map(|c| (c.v, w.w(c.v))));
@@ -813,6 +824,7 @@ fn sample_infinite<T: Storage>(
 
 /// The n largest logits as (token, v - lse), largest first, lower index first
 /// on a tie; -inf logits (lowest index first) when fewer than n are finite.
+#[inline(never)]
 fn top_logprobs<T: Storage>(
     row: &Row<'_, T>,
     vmax: &[f64],
