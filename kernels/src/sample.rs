@@ -352,12 +352,11 @@ fn block_maxima<A: Arch>(arch: A, x: AnySlice<'_>, out: &mut [f32]) -> bool {
     k.nan
 }
 
-/// Σ e^z of each block into `out` (one per block), z = (v - max)·inv_t; returns
-/// their total. The SIMD pass takes z
-/// from the f32 nearest the max (no unbiased logit lies above it), and its sums
-/// are rescaled to the max in f64; the blocks holding a bias, and every block
-/// when that scale is out of range (a biased max far off the f32 grid at a
-/// tiny t), are summed in f64.
+/// Σ e^z of each block into `out` (one per block), z = (v - max)·inv_t;
+/// returns their total. The SIMD pass takes z from the f32 nearest the max (no
+/// unbiased logit lies above it), and its sums are rescaled to the max in f64;
+/// the blocks holding a bias, and every block when that scale is out of range
+/// (a biased max far off the f32 grid at a tiny t), are summed in f64.
 #[inline(always)]
 fn block_sums<A: Arch, T: Storage>(
     arch: A,
