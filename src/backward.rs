@@ -155,7 +155,7 @@ impl Softmax {
             y: T::any(y),
             out: O::any_mut(jacobian),
         };
-        crate::dispatch::run(self.isa, job);
+        batch::run_here(job, self.isa);
         Ok(())
     }
 }

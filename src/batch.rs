@@ -4,7 +4,9 @@
 use crate::dispatch;
 use crate::Isa;
 use rayon::ThreadPool;
-use softmax_kernels::{Backward, CrossEntropy, Forward, LogSumExp, Sample, Strided, StridedMut};
+use softmax_kernels::{
+    Backward, CrossEntropy, Forward, Job, LogSumExp, Sample, Strided, StridedMut,
+};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -65,16 +67,21 @@ impl<T: SplitRows> SplitRows for Option<T> {
 
 /// A kernel job that can be cut between rows; the parts' results combine
 /// into the whole's.
-pub(crate) trait Batch: Sized + Send {
-    type Out: Send;
+pub(crate) trait Batch: Job<Output: Send> + Sized + Send {
     fn rows(&self) -> usize;
     fn split_at(self, k: usize) -> (Self, Self);
-    fn run(self, isa: Isa) -> Self::Out;
-    fn combine(a: Self::Out, b: Self::Out) -> Self::Out;
+    fn combine(a: Self::Output, b: Self::Output) -> Self::Output;
+}
+
+/// Runs `job` on this thread, with its working space.
+pub(crate) fn run_here<J: Job>(job: J, isa: Isa) -> J::Output {
+    match job.scratch_len() {
+        0 => dispatch::run(isa, job, &mut []),
+        len => with_scratch(len, |scratch| dispatch::run(isa, job, scratch)),
+    }
 }
 
 impl Batch for Forward<'_> {
-    type Out = ();
     fn combine(_: (), _: ()) {}
     fn rows(&self) -> usize {
         self.y.rows()
@@ -82,26 +89,12 @@ impl Batch for Forward<'_> {
     fn split_at(self, k: usize) -> (Self, Self) {
         let (xa, xb) = self.x.split_rows(k);
         let (ya, yb) = self.y.split_at(k);
-        let half = |x, y| Forward {
-            x,
-            y,
-            scratch: &mut [],
-            ..self
-        };
+        let half = |x, y| Forward { x, y, ..self };
         (half(xa, ya), half(xb, yb))
-    }
-    fn run(self, isa: Isa) {
-        match self.scratch_len() {
-            0 => dispatch::run(isa, self),
-            len => with_scratch(len, |scratch| {
-                dispatch::run(isa, Forward { scratch, ..self })
-            }),
-        }
     }
 }
 
 impl Batch for LogSumExp<'_> {
-    type Out = ();
     fn combine(_: (), _: ()) {}
     fn rows(&self) -> usize {
         self.x.rows()
@@ -112,13 +105,9 @@ impl Batch for LogSumExp<'_> {
         let half = |x, out| LogSumExp { x, out, ..self };
         (half(xa, oa), half(xb, ob))
     }
-    fn run(self, isa: Isa) {
-        dispatch::run(isa, self)
-    }
 }
 
 impl Batch for Backward<'_> {
-    type Out = ();
     fn combine(_: (), _: ()) {}
     fn rows(&self) -> usize {
         self.dx.rows()
@@ -130,14 +119,10 @@ impl Batch for Backward<'_> {
         let half = |y, g, dx| Backward { y, g, dx, ..self };
         (half(ya, ga, da), half(yb, gb, db))
     }
-    fn run(self, isa: Isa) {
-        dispatch::run(isa, self)
-    }
 }
 
 impl Batch for CrossEntropy<'_> {
     /// The sum of the row losses.
-    type Out = f64;
     fn combine(a: f64, b: f64) -> f64 {
         a + b
     }
@@ -159,13 +144,9 @@ impl Batch for CrossEntropy<'_> {
         };
         (part(xa, ga, ta, la), part(xb, gb, tb, lb))
     }
-    fn run(self, isa: Isa) -> f64 {
-        dispatch::run(isa, self)
-    }
 }
 
 impl Batch for Sample<'_> {
-    type Out = ();
     fn combine(_: (), _: ()) {}
     fn rows(&self) -> usize {
         self.x.rows()
@@ -173,15 +154,12 @@ impl Batch for Sample<'_> {
     fn split_at(self, k: usize) -> (Self, Self) {
         Sample::split_at(self, k)
     }
-    fn run(self, isa: Isa) {
-        dispatch::run(isa, self)
-    }
 }
 
 /// Runs `job` (rows of `cols` elements) as `parallelism` says. Rows are cut
 /// into the same tasks whether they run on a pool or not, so combined results
 /// (sums over rows) do not depend on the parallelism or the thread count.
-pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) -> J::Out {
+pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) -> J::Output {
     let rows = job.rows();
     let elements = rows.saturating_mul(cols.max(1));
     let rows_per_task = TASK_MIN_ELEMENTS.div_ceil(cols.max(1)).max(1);
@@ -201,10 +179,10 @@ pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Paralle
 
 /// Halves `job` until a part has at most `rows_per_task` rows; the halves run
 /// side by side when `parallel`.
-fn split<J: Batch>(job: J, rows_per_task: usize, isa: Isa, parallel: bool) -> J::Out {
+fn split<J: Batch>(job: J, rows_per_task: usize, isa: Isa, parallel: bool) -> J::Output {
     let rows = job.rows();
     if rows <= rows_per_task {
-        return job.run(isa);
+        return run_here(job, isa);
     }
     let (a, b) = job.split_at(rows / 2);
     let (ra, rb) = if parallel {

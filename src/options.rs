@@ -146,7 +146,6 @@ impl Softmax {
             temperature: self.temperature,
             x,
             y,
-            scratch: &mut [],
         };
         batch::run(job, cols, self.isa, &self.parallelism);
     }

@@ -352,6 +352,13 @@ impl Sampler {
         Ok(())
     }
 
+    /// The kernel options of a draw at `step`: the hook through which the
+    /// tests run the sampling kernels on the emulated wide tokens.
+    #[doc(hidden)]
+    pub fn kernel_options(&self, step: u64) -> SampleOptions<'_> {
+        self.options(step, false)
+    }
+
     fn options(&self, step: u64, logprob: bool) -> SampleOptions<'_> {
         SampleOptions {
             temperature: self.temperature,

@@ -154,9 +154,8 @@ fn scalar_isa_is_the_generic_body_on_the_scalar_token() {
             temperature: Temperature::new(1.0),
             x: Some(Strided::new(&x[..], 1, n, n)),
             y: StridedMut::new(&mut kernel[..], 1, n, n),
-            scratch: &mut [],
         }
-        .run(Portable(pulp::Scalar::new()));
+        .run(Portable(pulp::Scalar::new()), &mut []);
         assert_eq!(bits(&public), bits(&kernel), "{}", algorithm.name());
     }
 }

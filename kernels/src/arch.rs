@@ -55,20 +55,30 @@ pub fn bf16_bits_from_f32(x: f32) -> u16 {
 /// path) and the emulated wide tokens `Scalar128b`/`256b`/`512b`.
 pub trait PortableToken: Simd + Send + Sync + 'static {
     type Halfs: pulp::bytemuck::Pod + Send + Sync;
+    /// Runs `body` out of line.
+    fn region<B: Body>(body: B) -> B::Output;
 }
 
-impl PortableToken for pulp::Scalar {
-    type Halfs = [u16; 1];
+/// The portable tokens: `pulp::Scalar`, the scalar path every user can ask
+/// for, and the emulated wide tokens the tests run. Each pass is compiled
+/// twice, with FMA for the CPUs that have it (`mul_add` is one instruction)
+/// and for the baseline (`mul_add` is libm's `fma`, a call per element, ten
+/// times slower here); both round exactly, so both give the same bits.
+macro_rules! portable_token {
+    ($token:ty, $lanes:literal) => {
+        impl PortableToken for $token {
+            type Halfs = [u16; $lanes];
+            #[inline(always)]
+            fn region<B: Body>(body: B) -> B::Output {
+                fma_region(body)
+            }
+        }
+    };
 }
-impl PortableToken for pulp::Scalar128b {
-    type Halfs = [u16; 4];
-}
-impl PortableToken for pulp::Scalar256b {
-    type Halfs = [u16; 8];
-}
-impl PortableToken for pulp::Scalar512b {
-    type Halfs = [u16; 16];
-}
+portable_token!(pulp::Scalar, 1);
+portable_token!(pulp::Scalar128b, 4);
+portable_token!(pulp::Scalar256b, 8);
+portable_token!(pulp::Scalar512b, 16);
 
 /// A portable token with lane-by-lane conversions through `half`.
 #[derive(Clone, Copy, Debug)]
@@ -109,7 +119,7 @@ impl<S: PortableToken + Copy> Arch for Portable<S> {
     }
     #[inline(always)]
     fn region<B: Body>(self, body: B) -> B::Output {
-        portable_region(body)
+        S::region(body)
     }
     #[inline(always)]
     fn f16_to_f32(self, h: S::Halfs) -> S::f32s {
@@ -129,10 +139,9 @@ impl<S: PortableToken + Copy> Arch for Portable<S> {
     }
 }
 
-/// The portable region: with FMA where the CPU has it, so `mul_add` is one
-/// instruction instead of libm's software fma (the same exactly rounded result).
+/// An out-of-line region with FMA where the CPU has it.
 #[inline(always)]
-fn portable_region<B: Body>(body: B) -> B::Output {
+fn fma_region<B: Body>(body: B) -> B::Output {
     #[inline(never)]
     fn plain<B: Body>(body: B) -> B::Output {
         body.call()
@@ -152,18 +161,48 @@ fn portable_region<B: Body>(body: B) -> B::Output {
     plain(body)
 }
 
-/// A token's region function: `$features` enabled, never inlined.
+/// A token type, its detection and its region, from one feature list: the
+/// same literals are checked at run time by `try_new` and enabled on the
+/// region, so building the token checks every feature its region enables.
+/// `$simd` is the pulp token (whose own check is a subset of the list).
+macro_rules! token {
+    ($(#[$doc:meta])* $name:ident($simd:ty), $detect:ident, [$($feature:tt),+ $(,)?]) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name {
+            simd: $simd,
+        }
+
+        impl $name {
+            /// The token, if this CPU has every feature of its region.
+            pub fn try_new() -> Option<Self> {
+                if !($(std::arch::$detect!($feature))&&+) {
+                    return None;
+                }
+                <$simd>::try_new().map(|simd| Self { simd })
+            }
+
+            #[inline(always)]
+            fn enter<B: super::Body>(self, body: B) -> B::Output {
+                #[inline(never)]
+                $(#[target_feature(enable = $feature)])+
+                fn imp<B: super::Body>(body: B) -> B::Output {
+                    body.call()
+                }
+                // SAFETY: `self` exists, so `try_new` found every feature
+                // enabled on `imp` (the same list).
+                unsafe { imp(body) }
+            }
+        }
+    };
+}
+
+/// The region of a token built by [`token!`].
 macro_rules! region {
-    ($features:literal) => {
+    () => {
         #[inline(always)]
         fn region<B: super::Body>(self, body: B) -> B::Output {
-            #[inline(never)]
-            #[target_feature(enable = $features)]
-            fn imp<B: super::Body>(body: B) -> B::Output {
-                body.call()
-            }
-            // SAFETY: building the token checked every feature of the region.
-            unsafe { imp(body) }
+            self.enter(body)
         }
     };
 }
@@ -178,32 +217,27 @@ mod x86 {
     use core::mem::transmute;
     use pulp::x86::{V3, V4};
 
-    /// x86-64-v3: AVX2 + FMA (pulp's `V3`) and F16C, which `V3` does not check.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Avx2 {
-        simd: V3,
-    }
+    token!(
+        /// x86-64-v3: pulp's `V3` (AVX2, FMA, BMI, ...) and F16C, which `V3` does not check.
+        Avx2(V3),
+        is_x86_feature_detected,
+        [
+            "sse", "sse2", "fxsr", "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2",
+            "bmi1", "bmi2", "fma", "lzcnt", "f16c",
+        ]
+    );
 
-    impl Avx2 {
-        pub fn try_new() -> Option<Self> {
-            if !std::arch::is_x86_feature_detected!("f16c") {
-                return None;
-            }
-            V3::try_new().map(|simd| Self { simd })
-        }
-    }
-
-    /// x86-64-v4: AVX-512 F/BW/CD/DQ/VL (pulp's `V4`); its f16 conversions are AVX-512F.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Avx512 {
-        simd: V4,
-    }
-
-    impl Avx512 {
-        pub fn try_new() -> Option<Self> {
-            V4::try_new().map(|simd| Self { simd })
-        }
-    }
+    token!(
+        /// x86-64-v4: pulp's `V4` (V3's features and AVX-512 F/BW/CD/DQ/VL) and
+        /// F16C, which `V4` does not check; its f16 conversions are AVX-512F.
+        Avx512(V4),
+        is_x86_feature_detected,
+        [
+            "sse", "sse2", "fxsr", "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2",
+            "bmi1", "bmi2", "fma", "lzcnt", "f16c", "avx512f", "avx512bw", "avx512cd",
+            "avx512dq", "avx512vl",
+        ]
+    );
 
     /// RNE on 32-bit lanes holding f32 bits, then the high half: (b + 0x7fff + bit16) >> 16.
     macro_rules! bf16_round {
@@ -221,8 +255,7 @@ mod x86 {
         fn simd(self) -> V3 {
             self.simd
         }
-        // pulp's V3 features, and F16C.
-        region!("sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt,f16c");
+        region!();
         #[inline(always)]
         fn f16_to_f32(self, h: [u16; 8]) -> pulp::f32x8 {
             // SAFETY: building `Avx2` checked F16C; the transmutes are between
@@ -281,8 +314,7 @@ mod x86 {
         fn simd(self) -> V4 {
             self.simd
         }
-        // pulp's V4 features (V3's and AVX-512 F/BW/CD/DQ/VL), and F16C.
-        region!("sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,bmi1,bmi2,fma,lzcnt,f16c,avx512f,avx512bw,avx512cd,avx512dq,avx512vl");
+        region!();
         #[inline(always)]
         fn f16_to_f32(self, h: [u16; 16]) -> pulp::f32x16 {
             // SAFETY: `V4` proves AVX-512F; plain transmutes of equal size.
@@ -340,19 +372,14 @@ mod arm {
     use core::arch::asm;
     use core::mem::transmute;
 
-    /// AArch64 Advanced SIMD (pulp's `Neon`). The f16 conversions are base
-    /// ARMv8 instructions, written in `asm!` because their intrinsics take
-    /// Rust's still-unstable f16 vector types.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Neon {
-        simd: pulp::aarch64::Neon,
-    }
-
-    impl Neon {
-        pub fn try_new() -> Option<Self> {
-            pulp::aarch64::Neon::try_new().map(|simd| Self { simd })
-        }
-    }
+    token!(
+        /// AArch64 Advanced SIMD (pulp's `Neon`). The f16 conversions are base
+        /// ARMv8 instructions, written in `asm!` because their intrinsics take
+        /// Rust's still-unstable f16 vector types.
+        Neon(pulp::aarch64::Neon),
+        is_aarch64_feature_detected,
+        ["neon"]
+    );
 
     impl Arch for Neon {
         type Simd = pulp::aarch64::Neon;
@@ -361,7 +388,7 @@ mod arm {
         fn simd(self) -> pulp::aarch64::Neon {
             self.simd
         }
-        region!("neon");
+        region!();
         #[inline(always)]
         fn f16_to_f32(self, h: [u16; 4]) -> pulp::f32x4 {
             let out: float32x4_t;

@@ -15,7 +15,7 @@
 use crate::arch::Arch;
 use crate::exp::{exp_nonpositive, CUTOFF};
 use crate::exp_sum::sums_lanes_into;
-use crate::loops::{run, run_pair, Io, Kernel, PairIo, Stage};
+use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
 use crate::output::{Elementwise, Map};
 use crate::storage::{AnySlice, AnySliceMut};
 use crate::{Output, Temperature};
@@ -100,6 +100,7 @@ impl<S: Simd> Elementwise<S> for Times {
 #[inline(always)]
 pub(crate) fn backward_row<A: Arch>(
     arch: A,
+    st: &mut Stage<'_>,
     output: Output,
     temperature: Temperature,
     y: AnySlice<'_>,
@@ -111,20 +112,20 @@ pub(crate) fn backward_row<A: Arch>(
     match output {
         Output::Softmax => {
             let mut dot = Dot { total: 0.0 };
-            run_pair(arch, PairIo::Read(g_in, y), &mut dot);
+            read_pair(arch, g_in, y, st, &mut dot);
             let hi = dot.total as f32;
             let lo = (dot.total - hi as f64) as f32;
             let grad = SoftmaxGrad { hi, lo, inv_t };
-            run_pair(arch, PairIo::write(g, y, dx), &mut Map(grad));
+            run_pair(arch, PairIo::write(g, y, dx), st, &mut Map(grad));
         }
         Output::LogSoftmax => {
             let mut sum = Sum { total: 0.0 };
-            run(arch, Io::Read(g_in), &mut Stage::new(&mut []), &mut sum);
+            read(arch, g_in, st, &mut sum);
             let grad = LogSoftmaxGrad {
                 sigma: sum.total as f32,
                 inv_t,
             };
-            run_pair(arch, PairIo::write(g, y, dx), &mut Map(grad));
+            run_pair(arch, PairIo::write(g, y, dx), st, &mut Map(grad));
         }
     }
 }
@@ -141,11 +142,7 @@ pub(crate) fn jacobian_row<A: Arch>(
 ) {
     let inv_t = temperature.inv as f64;
     let yi = y.get(i);
-    run(
-        arch,
-        Io::Map(y, out.reborrow()),
-        st,
-        &mut Map(Times((-yi * inv_t) as f32)),
-    );
+    let times = &mut Map(Times((-yi * inv_t) as f32));
+    write(arch, Some(y), out.reborrow(), st, times);
     out.set(i, yi * (1.0 - yi) * inv_t);
 }

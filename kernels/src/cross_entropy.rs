@@ -23,10 +23,10 @@ use crate::arch::Arch;
 use crate::backward::Sum;
 use crate::exp::exp_flushed_below;
 use crate::exp_sum::sums_lanes_into;
-use crate::loops::{run, run_pair, Io, Kernel, PairIo, Stage};
+use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
 use crate::output::{Fill, Map};
 use crate::row::{online_stats, softmax_cutoff, Special, Stats};
-use crate::shift::{with_shift, AnyShift, Shift};
+use crate::shift::{with_shift_and_test, AnyShift, Shift};
 use crate::storage::{AnySlice, AnySliceMut};
 use crate::Temperature;
 use pulp::Simd;
@@ -262,7 +262,7 @@ pub(crate) fn cross_entropy_row<A: Arch>(
     let c = match target {
         RowTarget::Ignored => {
             if let Some(g) = grad {
-                run(arch, Io::InPlace(g), st, &mut Map(Fill(0.0)));
+                write(arch, None, g, st, &mut Map(Fill(0.0)));
             }
             return 0.0;
         }
@@ -283,7 +283,7 @@ pub(crate) fn cross_entropy_row<A: Arch>(
         }
         RowTarget::Soft(q) => {
             let mut sum = Sum { total: 0.0 };
-            run(arch, Io::Read(q), st, &mut sum);
+            read(arch, q, st, &mut sum);
             Coefficients {
                 label: None,
                 label_coef: 0.0,
@@ -313,10 +313,9 @@ pub(crate) fn cross_entropy_row<A: Arch>(
             side: c.side,
         };
         let r = (scale * c.total * (-ln_sum).exp()) as f32;
-        let scaled = with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
-            io.run::<A, _, true>(arch, st, loss_grad(z, cutoff, r, &c, scale, max))
-        } else {
-            io.run::<A, _, false>(arch, st, loss_grad(z, cutoff, r, &c, scale, max))
+        let shift = AnyShift::new(max, min, inv_t);
+        let scaled = with_shift_and_test!(shift, flush, z, TEST => {
+            io.run::<A, _, TEST>(arch, st, loss_grad(z, cutoff, r, &c, scale, max))
         });
         terms = scaled * UP * inv_t as f64;
         // Without a side row each term is b·z: none at all when b = 0 (a -inf
@@ -379,19 +378,19 @@ impl Pass<'_, '_> {
     ) -> f64 {
         match (self.side, self.x, self.grad) {
             (None, x, Some(g)) if k.base == 0.0 => {
-                run(arch, Io::write(x, g), st, &mut GradOnly(k));
+                write(arch, x, g, st, &mut GradOnly(k));
                 return 0.0;
             }
-            (None, Some(x), None) => run(arch, Io::Read(x), st, &mut k),
-            (None, x, Some(g)) => run(arch, Io::write(x, g), st, &mut k),
+            (None, Some(x), None) => read(arch, x, st, &mut k),
+            (None, x, Some(g)) => write(arch, x, g, st, &mut k),
             (Some(v), Some(x), None) => {
                 let mut k2 = WithSide(k);
-                run_pair(arch, PairIo::Read(x, v), &mut k2);
+                read_pair(arch, x, v, st, &mut k2);
                 return k2.0.total;
             }
             (Some(v), x, Some(g)) => {
                 let mut k2 = WithSide(k);
-                run_pair(arch, PairIo::write(x, v, g), &mut k2);
+                run_pair(arch, PairIo::write(x, v, g), st, &mut k2);
                 return k2.0.total;
             }
             (_, None, None) => unreachable!(),

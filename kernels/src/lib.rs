@@ -118,7 +118,36 @@ pub fn required_len(rows: usize, cols: usize, stride: usize) -> Option<usize> {
 /// A job that runs rows with one ISA token, inside that ISA's target-feature region.
 pub trait Job {
     type Output;
-    fn run<A: Arch>(self, arch: A) -> Self::Output;
+    /// The f32 working space [`Job::run`] needs: a [`Stage`] when a row is f16
+    /// or bf16, and whatever else the job keeps per row.
+    fn scratch_len(&self) -> usize;
+    /// Runs every row; `scratch` holds at least [`Job::scratch_len`] values.
+    fn run<A: Arch>(self, arch: A, scratch: &mut [f32]) -> Self::Output;
+}
+
+/// Runs `job` with `arch` inside the token's target-feature region, so the
+/// row logic around the passes is compiled with the ISA's features too.
+#[inline(always)]
+pub fn run_in_region<A: Arch, J: Job>(arch: A, job: J, scratch: &mut [f32]) -> J::Output {
+    struct InRegion<'s, A, J>(A, J, &'s mut [f32]);
+    impl<A: Arch, J: Job> arch::Body for InRegion<'_, A, J> {
+        type Output = J::Output;
+        #[inline(always)]
+        fn call(self) -> J::Output {
+            self.1.run(self.0, self.2)
+        }
+    }
+    arch.region(InRegion(arch, job, scratch))
+}
+
+/// The stage a job over rows of these kinds needs: none when every row is f32.
+#[inline(always)]
+fn stage_len(kinds: &[Kind]) -> usize {
+    if kinds.iter().all(|&k| k == Kind::F32) {
+        0
+    } else {
+        Stage::LEN
+    }
 }
 
 /// Read-only strided rows.
@@ -252,53 +281,72 @@ pub struct Forward<'a> {
     pub temperature: Temperature,
     pub x: Option<Strided<'a>>,
     pub y: StridedMut<'a>,
-    /// At least [`Forward::scratch_len`] f32 values of working space.
-    pub scratch: &'a mut [f32],
 }
 
 impl Forward<'_> {
-    /// The working space the job needs: a [`Stage`] from f16 rows into bf16
-    /// or back, and a row of f32 exponentials for a three-pass softmax whose
-    /// output is not f32; nothing for f32 rows.
-    pub fn scratch_len(&self) -> usize {
-        let (stage, exps) = self.scratch_parts();
-        stage + exps
+    /// The row read first: `x`, or `y` in place.
+    #[inline(always)]
+    fn input_kind(&self) -> Kind {
+        self.x.as_ref().map_or(self.y.kind(), |x| x.kind())
     }
 
-    /// (stage, exponentials) lengths of the scratch space.
-    fn scratch_parts(&self) -> (usize, usize) {
-        // f16 into bf16 or back widens its input through a stage.
-        let cross = match &self.x {
-            Some(x) => {
-                let (i, o) = (x.kind(), self.y.kind());
-                i != Kind::F32 && o != Kind::F32 && i != o
-            }
-            None => false,
-        };
-        let stage = if cross { Stage::LEN } else { 0 };
-        let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
-        let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
-            self.y.cols()
+    /// (stage, widened input, exponentials) lengths of the scratch space: a
+    /// [`Stage`] for f16 or bf16 rows; the input row in f32 when it is
+    /// f16 or bf16 and the method reads it more than once; and a row of f32
+    /// exponentials for a three-pass softmax whose output is not f32.
+    #[inline(always)]
+    fn scratch_parts(&self) -> (usize, usize, usize) {
+        let stage = stage_len(&[self.input_kind(), self.y.kind()]);
+        let cols = self.y.cols();
+        let widened = if rereads(self.method, self.input_kind()) {
+            cols
         } else {
             0
         };
-        (stage, exps)
+        let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
+        let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
+            cols
+        } else {
+            0
+        };
+        (stage, widened, exps)
     }
+}
+
+/// Whether a row of this kind is widened into f32 once, before the method
+/// reads it: three-pass and two-pass read a row two or three times, and
+/// widening it once costs less than converting it on every read. Online
+/// rows (beyond the last-level cache) are read once, a chunk at a time.
+#[inline(always)]
+fn rereads(method: Method, kind: Kind) -> bool {
+    kind != Kind::F32 && method != Method::Online
+}
+
+/// `x` widened into the front of `space`.
+#[inline(always)]
+fn widen_into<'s, A: Arch>(arch: A, x: AnySlice<'_>, space: &'s mut [f32]) -> AnySlice<'s> {
+    let space = &mut space[..x.len()];
+    storage::widen(arch, x, space);
+    AnySlice::F32(space)
 }
 
 impl Job for Forward<'_> {
     type Output = ();
 
+    fn scratch_len(&self) -> usize {
+        let (stage, widened, exps) = self.scratch_parts();
+        stage + widened + exps
+    }
+
     #[inline(always)]
-    fn run<A: Arch>(self, arch: A) {
-        let (stage_len, exps_len) = self.scratch_parts();
+    fn run<A: Arch>(self, arch: A, scratch: &mut [f32]) {
+        let (stage_len, widened_len, exps_len) = self.scratch_parts();
         let Forward {
             output,
             method,
             temperature,
             x,
             mut y,
-            scratch,
         } = self;
         if let Some(x) = &x {
             assert!(
@@ -306,17 +354,21 @@ impl Job for Forward<'_> {
                 "input and output shapes differ"
             );
         }
-        let (stage, exps) = scratch[..stage_len + exps_len].split_at_mut(stage_len);
+        let scratch = &mut scratch[..stage_len + widened_len + exps_len];
+        let (stage, rest) = scratch.split_at_mut(stage_len);
+        let (space, exps) = rest.split_at_mut(widened_len);
         let mut stage = Stage::new(stage);
         for i in 0..y.rows {
+            let yi = y.row_mut(i);
             // A match, not Option::map: a closure would be compiled outside the
-            // target-feature region.
-            #[allow(clippy::manual_map)]
-            let xi = match &x {
-                Some(x) => Some(x.row(i)),
-                None => None,
+            // target-feature region. In place, the passes read the widened copy.
+            let xi = match (&x, widened_len) {
+                (Some(x), 0) => Some(x.row(i)),
+                (None, 0) => None,
+                (Some(x), _) => Some(widen_into(arch, x.row(i), space)),
+                (None, _) => Some(widen_into(arch, yi.shared(), space)),
             };
-            let (st, yi) = (&mut stage, y.row_mut(i));
+            let st = &mut stage;
             row::forward_row(arch, st, output, method, temperature, xi, yi, exps);
         }
     }
@@ -333,13 +385,27 @@ pub struct LogSumExp<'a> {
 impl Job for LogSumExp<'_> {
     type Output = ();
 
+    fn scratch_len(&self) -> usize {
+        let kind = self.x.kind();
+        let widened = if rereads(self.method, kind) {
+            self.x.cols
+        } else {
+            0
+        };
+        stage_len(&[kind]) + widened
+    }
+
     #[inline(always)]
-    fn run<A: Arch>(mut self, arch: A) {
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
         assert!(self.out.len() >= self.x.rows, "one output per row");
-        // Reading a row needs no stage, whatever its type.
-        let mut stage = Stage::new(&mut []);
+        let (stage, space) = scratch.split_at_mut(stage_len(&[self.x.kind()]));
+        let mut stage = Stage::new(stage);
         for i in 0..self.x.rows {
-            let (method, t, xi) = (self.method, self.temperature, self.x.row(i));
+            let (method, t) = (self.method, self.temperature);
+            let xi = match rereads(method, self.x.kind()) {
+                true => widen_into(arch, self.x.row(i), space),
+                false => self.x.row(i),
+            };
             let value = row::logsumexp_row(arch, &mut stage, method, t, xi);
             self.out.set(i, value);
         }
@@ -360,9 +426,14 @@ pub struct Backward<'a> {
 impl Job for Backward<'_> {
     type Output = ();
 
+    fn scratch_len(&self) -> usize {
+        stage_len(&[self.y.kind(), self.dx.kind()])
+    }
+
     #[inline(always)]
-    fn run<A: Arch>(mut self, arch: A) {
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
         assert!(self.y.rows == self.dx.rows && self.y.cols == self.dx.cols);
+        let mut stage = Stage::new(scratch);
         for i in 0..self.dx.rows {
             // A match, not Option::map: a closure would be compiled outside the region.
             #[allow(clippy::manual_map)]
@@ -371,7 +442,8 @@ impl Job for Backward<'_> {
                 None => None,
             };
             let (y, dx) = (self.y.row(i), self.dx.row_mut(i));
-            backward::backward_row(arch, self.output, self.temperature, y, gi, dx);
+            let (output, t, st) = (self.output, self.temperature, &mut stage);
+            backward::backward_row(arch, st, output, t, y, gi, dx);
         }
     }
 }
@@ -387,12 +459,15 @@ pub struct Jacobian<'a> {
 impl Job for Jacobian<'_> {
     type Output = ();
 
+    fn scratch_len(&self) -> usize {
+        stage_len(&[self.y.kind(), self.out.kind()])
+    }
+
     #[inline(always)]
-    fn run<A: Arch>(mut self, arch: A) {
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
         let k = self.y.len();
         assert_eq!(self.out.len(), k * k, "a Jacobian of K×K elements");
-        let mut space = [0.0f32; Stage::LEN];
-        let mut stage = Stage::new(&mut space);
+        let mut stage = Stage::new(scratch);
         for i in 0..k {
             let row = self.out.reborrow().into_slice(i * k..(i + 1) * k);
             backward::jacobian_row(arch, &mut stage, self.temperature, self.y, i, row);
@@ -526,10 +601,20 @@ impl CrossEntropy<'_> {
 impl Job for CrossEntropy<'_> {
     type Output = f64;
 
+    fn scratch_len(&self) -> usize {
+        let x = self.x.as_ref().map(|x| x.kind());
+        let g = self.grad.as_ref().map(|g| g.kind());
+        let q = match &self.targets {
+            Targets::Soft(q) => Some(q.kind()),
+            Targets::Labels { .. } => None,
+        };
+        stage_len(&[x, g, q].map(|k| k.unwrap_or(Kind::F32)))
+    }
+
     #[inline(always)]
-    fn run<A: Arch>(mut self, arch: A) -> f64 {
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) -> f64 {
         let rows = self.rows();
-        let mut stage = Stage::new(&mut []);
+        let mut stage = Stage::new(scratch);
         let mut total = 0.0;
         for i in 0..rows {
             // Matches, not Option::map: a closure would be compiled outside the region.
@@ -613,8 +698,13 @@ impl Sample<'_> {
 impl Job for Sample<'_> {
     type Output = ();
 
+    fn scratch_len(&self) -> usize {
+        stage_len(&[self.x.kind()])
+    }
+
     #[inline(always)]
-    fn run<A: Arch>(mut self, arch: A) {
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
+        let mut stage = Stage::new(scratch);
         let (rows, cols) = (self.x.rows, self.x.cols);
         assert!(self.out.len() >= rows, "one outcome per row");
         assert!(self.top.len() >= rows * self.top_n, "top_n pairs per row");
@@ -630,7 +720,8 @@ impl Job for Sample<'_> {
                 None => None,
             };
             let x = self.x.row(i);
-            self.out[i] = sample::sample_row(arch, x, o, stream, &mut ws, top, kept);
+            let st = &mut stage;
+            self.out[i] = sample::sample_row(arch, st, x, o, stream, &mut ws, top, kept);
         }
     }
 }

@@ -1,31 +1,33 @@
-//! The one loop shape every pass runs in.
+//! The one loop every pass runs in, and where its rows come from.
 //!
 //! ```text
-//! for each step of UNROLL full vectors:      acc[j] = step(acc[j], x[i + j])   (independent chains)
-//!     every FLUSH_STEPS steps:              flush(merge(acc)); acc = init
-//! for each remaining full vector:            acc[j] = step(acc[j], x[i])
-//! masked tail:                               lanes past the row hold the kernel's neutral `fill`
-//! flush(merge(acc))
+//! for each block of UNROLL full vectors:    acc[j] = step(acc[j], x[i + j])   (independent chains)
+//!     every FLUSH_STEPS blocks:             flush(merge(acc)); acc = init
+//! for each remaining full vector:           acc[j] = step(acc[j], x[i])
+//! masked tail:                              lanes past the row hold the kernel's neutral `fill`
+//! flush(merge(acc))                         (unless nothing was stepped since the last flush)
 //! ```
 //!
 //! `x[i]` is one vector of a row, or a pair of vectors from two rows of equal
-//! length read in step (a main row and a side row: `run_pair`; the backward
-//! passes and the cross-entropy with weights or soft targets).
-//! A kernel that produces values has them stored by the same loop (out of place
-//! or in place); a reduction over a read-only row stores nothing. Each pass
-//! runs in its own out-of-line function with the ISA's target features
-//! ([`Arch::region`]), so a loop is compiled once per kernel, not once per
-//! place that runs it.
+//! length read in step (a main row and a side row: [`run_pair`]; the backward
+//! passes and the cross-entropy with weights or soft targets). A kernel that
+//! produces values has them stored by the same loop (out of place or in
+//! place); a reduction over a read-only row stores nothing.
 //!
-//! Rows are f32, f16 or bf16, and kernels see only f32 vectors: loads widen
-//! a half-precision row in registers and stores round to nearest even (see
-//! [`run`] and [`crate::storage`]). Tails never read or write outside the caller's slice:
-//! partial loads and stores touch only the lanes that exist, and the missing
-//! lanes are replaced by the kernel's fill value before the kernel sees them
-//! (a zero fill is wrong for max).
+//! Kernels and the loop see only f32 rows: a pass is compiled three times
+//! (read, map, in place), not once per pairing of element types. An f16 or
+//! bf16 row goes through the [`Stage`] a chunk at a time: the chunk is widened
+//! into f32 (exactly), the f32 pass runs on it, and what the pass writes is
+//! rounded to nearest even into the caller's row. A chunk is a multiple of
+//! every ISA's FLUSH_STEPS blocks, so a staged pass adds in the same order as
+//! one over the whole row. Each pass and each conversion runs in its own
+//! out-of-line function with the ISA's target features ([`Arch::region`]).
+//! Tails never read or write outside the caller's slice: partial loads and
+//! stores touch only the lanes that exist, and the missing lanes take the
+//! kernel's fill value before the kernel sees them (a zero fill is wrong for max).
 
 use crate::arch::{Arch, Body, F32s};
-use crate::storage::{AnySlice, AnySliceMut, Storage};
+use crate::storage::{narrow, widen, AnySlice, AnySliceMut};
 use pulp::Simd;
 
 /// Independent accumulators (and vectors in flight) per step.
@@ -42,6 +44,7 @@ pub(crate) trait Kernel<S: Simd, X: Copy = <S as Simd>::f32s> {
     /// The value masked-off tail lanes take (in every row read); a step on it
     /// must leave the accumulator unchanged.
     fn fill(&self) -> f32;
+    /// The neutral accumulator: flushing it changes nothing.
     fn init(&self, simd: S) -> Self::Acc;
     /// Consumes one vector (or pair); returns the new accumulator and the values to store (if any).
     fn step(&self, simd: S, acc: Self::Acc, x: X) -> (Self::Acc, S::f32s);
@@ -79,103 +82,6 @@ impl<'a> Io<'a> {
     }
 }
 
-/// Elements converted per chunk when an f16 row is mapped onto a bf16 row or
-/// the reverse: the input is widened a chunk at a time into an L1-resident f32
-/// stage. A multiple of every ISA's block (UNROLL vectors) times FLUSH_STEPS,
-/// so a chunked pass adds in the same order as an unchunked one.
-pub const CHUNK: usize = 2048;
-
-/// Working space for passes from f16 to bf16 rows or back: one chunk of f32.
-/// Empty otherwise.
-pub struct Stage<'a> {
-    x: &'a mut [f32],
-}
-
-impl<'a> Stage<'a> {
-    /// f32 values a stage needs.
-    pub const LEN: usize = CHUNK;
-
-    /// The stage in `space`, which holds [`Stage::LEN`] values or none.
-    #[inline(always)]
-    pub fn new(space: &'a mut [f32]) -> Self {
-        Self { x: space }
-    }
-}
-
-/// Runs `kernel` over the row in `io`. Loads widen and stores round to nearest
-/// even in registers, for every pairing of f32 with f16 or bf16 and for f16 or
-/// bf16 with itself; only f16 into bf16 (or back) widens its input through the
-/// stage first. Each pairing is its own compiled loop, out of line.
-#[inline(always)]
-pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
-    arch: A,
-    io: Io<'_>,
-    stage: &mut Stage<'_>,
-    kernel: &mut K,
-) {
-    match io {
-        Io::Read(AnySlice::F32(x)) => read(arch, kernel, x),
-        Io::Read(AnySlice::F16(x)) => read(arch, kernel, x),
-        Io::Read(AnySlice::BF16(x)) => read(arch, kernel, x),
-        Io::Map(x, y) => {
-            assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
-            match (x, y) {
-                (AnySlice::F32(x), AnySliceMut::F32(y)) => map(arch, kernel, x, y),
-                (AnySlice::F16(x), AnySliceMut::F32(y)) => map(arch, kernel, x, y),
-                (AnySlice::BF16(x), AnySliceMut::F32(y)) => map(arch, kernel, x, y),
-                (AnySlice::F32(x), AnySliceMut::F16(y)) => map(arch, kernel, x, y),
-                (AnySlice::F32(x), AnySliceMut::BF16(y)) => map(arch, kernel, x, y),
-                (AnySlice::F16(x), AnySliceMut::F16(y)) => map(arch, kernel, x, y),
-                (AnySlice::BF16(x), AnySliceMut::BF16(y)) => map(arch, kernel, x, y),
-                (x, mut y) => {
-                    for start in (0..y.len().max(1)).step_by(CHUNK) {
-                        let end = y.len().min(start + CHUNK);
-                        let xin = &mut stage.x[..end - start];
-                        widen(arch, x.slice(start..end), xin);
-                        match y.reborrow().into_slice(start..end) {
-                            AnySliceMut::F16(y) => map(arch, kernel, xin, y),
-                            AnySliceMut::BF16(y) => map(arch, kernel, xin, y),
-                            AnySliceMut::F32(y) => map(arch, kernel, xin, y),
-                        }
-                    }
-                }
-            }
-        }
-        Io::InPlace(AnySliceMut::F32(y)) => update(arch, kernel, y),
-        Io::InPlace(AnySliceMut::F16(y)) => update(arch, kernel, y),
-        Io::InPlace(AnySliceMut::BF16(y)) => update(arch, kernel, y),
-    }
-}
-
-#[inline(always)]
-fn read<A: Arch, K: Kernel<A::Simd>, T: Storage>(arch: A, kernel: &mut K, x: &[T]) {
-    in_region(arch, kernel, ReadOnly(One(Vectors::<A, T>::new(x))));
-}
-
-#[inline(always)]
-fn map<A: Arch, K: Kernel<A::Simd>, I: Storage, O: Storage>(
-    arch: A,
-    kernel: &mut K,
-    x: &[I],
-    y: &mut [O],
-) {
-    let w = VectorsMut::<A, O>::new(y);
-    // Equal lengths, stated where the optimiser can see them.
-    let r = Vectors::<A, I>::new(x).fit(w.blocks(), w.rest());
-    in_region(arch, kernel, Mapped { src: One(r), w });
-}
-
-#[inline(always)]
-fn update<A: Arch, K: Kernel<A::Simd>, T: Storage>(arch: A, kernel: &mut K, y: &mut [T]) {
-    in_region(
-        arch,
-        kernel,
-        Updated {
-            w: VectorsMut::<A, T>::new(y),
-        },
-    );
-}
-
 /// Where a pass over two rows of equal length reads and writes: a main row and
 /// a side row. The side row is of the main row's type or f32; anything written
 /// is of the main row's type.
@@ -203,495 +109,592 @@ impl<'a> PairIo<'a> {
     }
 }
 
-/// Runs `kernel` over (main, side) pairs of `io`, widening each in registers.
-/// Each supported pairing of types is its own compiled loop.
+/// Elements of a row widened per chunk. A multiple of every ISA's block
+/// (UNROLL vectors) times FLUSH_STEPS, so a chunked pass adds in the same
+/// order as an unchunked one, and of the sampler's block.
+pub const CHUNK: usize = 2048;
+
+/// Working space for passes over f16 or bf16 rows: a chunk of f32 for the
+/// main row and one for the side row. Empty for jobs whose rows are all f32.
+pub struct Stage<'a> {
+    main: &'a mut [f32],
+    side: &'a mut [f32],
+}
+
+impl<'a> Stage<'a> {
+    /// f32 values a stage needs.
+    pub const LEN: usize = 2 * CHUNK;
+
+    /// The stage in `space`, which holds at least [`Stage::LEN`] values, or none
+    /// (then every row the stage serves must be f32).
+    #[inline(always)]
+    pub fn new(space: &'a mut [f32]) -> Self {
+        let space = if space.len() >= Self::LEN {
+            &mut space[..Self::LEN]
+        } else {
+            &mut space[..0]
+        };
+        let (main, side) = space.split_at_mut(space.len() / 2);
+        Self { main, side }
+    }
+
+    /// No space: for jobs whose rows are all f32.
+    #[inline(always)]
+    pub fn none() -> Stage<'static> {
+        Stage {
+            main: &mut [],
+            side: &mut [],
+        }
+    }
+}
+
+/// The chunks `(start, end)` of a row of `n` elements.
+#[inline(always)]
+fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(CHUNK).map(move |s| (s, n.min(s + CHUNK)))
+}
+
+/// Runs `kernel` over the row in `io` ([`read`] or [`write`]).
+#[inline(always)]
+pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    io: Io<'_>,
+    stage: &mut Stage<'_>,
+    kernel: &mut K,
+) {
+    match io {
+        Io::Read(x) => read(arch, x, stage, kernel),
+        Io::Map(x, y) => write(arch, Some(x), y, stage, kernel),
+        Io::InPlace(y) => write(arch, None, y, stage, kernel),
+    }
+}
+
+/// Runs a reduction `kernel` over `x`: straight through an f32 row, a
+/// chunk at a time through the stage for f16 and bf16.
+#[inline(always)]
+pub(crate) fn read<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    x: AnySlice<'_>,
+    stage: &mut Stage<'_>,
+    kernel: &mut K,
+) {
+    match x {
+        AnySlice::F32(x) => read_f32(arch, kernel, x),
+        x => read_staged(arch, x, stage, &mut |x| read_f32(arch, kernel, x)),
+    }
+}
+
+/// Runs `kernel` from `x` into `y` (same length), or over `y` in place when
+/// `x` is `None`: straight through f32 rows, a chunk at a time through the
+/// stage when either row is f16 or bf16.
+#[inline(always)]
+pub(crate) fn write<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    x: Option<AnySlice<'_>>,
+    y: AnySliceMut<'_>,
+    stage: &mut Stage<'_>,
+    kernel: &mut K,
+) {
+    match (x, y) {
+        (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => map_f32(arch, kernel, x, y),
+        (None, AnySliceMut::F32(y)) => pass(arch, kernel, RowMut::new(y)),
+        (x, y) => write_staged(arch, x, y, stage, &mut |chunk| match chunk {
+            Chunk::Map(x, y) => map_f32(arch, kernel, x, y),
+            Chunk::InPlace(y) => pass(arch, kernel, RowMut::new(y)),
+        }),
+    }
+}
+
+#[inline(always)]
+fn read_f32<A: Arch, K: Kernel<A::Simd>>(arch: A, kernel: &mut K, x: &[f32]) {
+    pass(arch, kernel, Split(Row::new(x), NoStore))
+}
+
+#[inline(always)]
+fn map_f32<A: Arch, K: Kernel<A::Simd>>(arch: A, kernel: &mut K, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
+    let w = RowMut::new(y);
+    pass(arch, kernel, Split(Row::new(x).fit(&w), w));
+}
+
+/// An f32 chunk a staged pass runs on.
+enum Chunk<'a> {
+    Map(&'a [f32], &'a mut [f32]),
+    InPlace(&'a mut [f32]),
+}
+
+/// The chunk loops of f16 and bf16 rows: one copy per ISA, not per kernel
+/// (the kernel's f32 pass comes in as `pass`), out of line: they run once
+/// per row, and every pass and conversion in them is a region of its own.
+#[inline(never)]
+fn read_staged<A: Arch>(
+    arch: A,
+    x: AnySlice<'_>,
+    stage: &mut Stage<'_>,
+    pass: &mut dyn FnMut(&[f32]),
+) {
+    for (s, e) in chunks(x.len()) {
+        let xs = &mut stage.main[..e - s];
+        widen(arch, x.slice(s..e), xs);
+        pass(xs);
+    }
+}
+
+/// See [`read_staged`].
+#[inline(never)]
+fn write_staged<A: Arch>(
+    arch: A,
+    x: Option<AnySlice<'_>>,
+    mut y: AnySliceMut<'_>,
+    stage: &mut Stage<'_>,
+    pass: &mut dyn FnMut(Chunk<'_>),
+) {
+    let st = &mut *stage.main;
+    if let Some(x) = &x {
+        assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
+    }
+    for (s, e) in chunks(y.len()) {
+        match (x, y.reborrow().into_slice(s..e)) {
+            // Widened straight into the output, then in place there.
+            (Some(x), AnySliceMut::F32(y)) => {
+                widen(arch, x.slice(s..e), y);
+                pass(Chunk::InPlace(y));
+            }
+            (Some(AnySlice::F32(x)), y) => {
+                pass(Chunk::Map(&x[s..e], &mut st[..e - s]));
+                narrow(arch, &st[..e - s], y);
+            }
+            (x, y) => {
+                let ys = &mut st[..e - s];
+                match x {
+                    Some(x) => widen(arch, x.slice(s..e), ys),
+                    None => widen(arch, y.shared(), ys),
+                }
+                pass(Chunk::InPlace(ys));
+                narrow(arch, ys, y);
+            }
+        }
+    }
+}
+
+/// Runs `kernel` over (main, side) pairs of `io`: straight through when
+/// every row is f32, else a chunk at a time with each half row widened into
+/// its half of the stage.
 #[inline(always)]
 pub(crate) fn run_pair<A: Arch, K: Kernel<A::Simd, (F32s<A>, F32s<A>)>>(
     arch: A,
     io: PairIo<'_>,
+    stage: &mut Stage<'_>,
     kernel: &mut K,
 ) {
-    use AnySlice as R;
-    use AnySliceMut as W;
     match io {
-        PairIo::Read(main, side) => {
-            assert_eq!(main.len(), side.len(), "paired rows differ in length");
-            match (main, side) {
-                (R::F32(m), R::F32(s)) => read_pair(arch, kernel, m, s),
-                (R::F16(m), R::F16(s)) => read_pair(arch, kernel, m, s),
-                (R::BF16(m), R::BF16(s)) => read_pair(arch, kernel, m, s),
-                (R::F16(m), R::F32(s)) => read_pair(arch, kernel, m, s),
-                (R::BF16(m), R::F32(s)) => read_pair(arch, kernel, m, s),
-                _ => unsupported(),
-            }
+        PairIo::Read(m, s) => read_pair(arch, m, s, stage, kernel),
+        PairIo::Map(AnySlice::F32(m), AnySlice::F32(s), AnySliceMut::F32(y)) => {
+            map_pair_f32(arch, kernel, m, s, y)
         }
-        PairIo::Map(main, side, out) => {
-            let n = main.len();
-            assert!(
-                side.len() == n && out.len() == n,
-                "paired rows differ in length"
-            );
-            match (main, side, out) {
-                (R::F32(m), R::F32(s), W::F32(y)) => map_pair(arch, kernel, m, s, y),
-                (R::F16(m), R::F16(s), W::F16(y)) => map_pair(arch, kernel, m, s, y),
-                (R::BF16(m), R::BF16(s), W::BF16(y)) => map_pair(arch, kernel, m, s, y),
-                (R::F16(m), R::F32(s), W::F16(y)) => map_pair(arch, kernel, m, s, y),
-                (R::BF16(m), R::F32(s), W::BF16(y)) => map_pair(arch, kernel, m, s, y),
-                _ => unsupported(),
-            }
+        PairIo::InPlace(AnySliceMut::F32(y), AnySlice::F32(s)) => {
+            update_pair_f32(arch, kernel, y, s)
         }
-        PairIo::InPlace(main, side) => {
-            assert_eq!(main.len(), side.len(), "paired rows differ in length");
-            match (main, side) {
-                (W::F32(y), R::F32(s)) => update_pair(arch, kernel, y, s),
-                (W::F16(y), R::F16(s)) => update_pair(arch, kernel, y, s),
-                (W::BF16(y), R::BF16(s)) => update_pair(arch, kernel, y, s),
-                (W::F16(y), R::F32(s)) => update_pair(arch, kernel, y, s),
-                (W::BF16(y), R::F32(s)) => update_pair(arch, kernel, y, s),
-                _ => unsupported(),
-            }
-        }
+        io => pair_staged(arch, io, stage, &mut |chunk| match chunk {
+            PairChunk::Read(..) => unreachable!("a pass that writes reads nothing alone"),
+            PairChunk::InPlace(y, s) => update_pair_f32(arch, kernel, y, s),
+        }),
     }
 }
 
-/// A pairing the crate never makes (it checks types before it builds a job).
-/// The message formats nothing: a Debug impl would be compiled outside the region.
+/// Runs a reduction `kernel` over (main, side) pairs, like [`run_pair`].
 #[inline(always)]
-fn unsupported() -> ! {
-    panic!(
-        "no paired pass for these row types: the side row is f32 or the main row's type, \
-         and a written row is of the main row's type"
-    )
-}
-
-#[inline(always)]
-fn read_pair<A: Arch, K, M: Storage, S: Storage>(arch: A, kernel: &mut K, m: &[M], s: &[S])
-where
-    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
-{
-    let m = Vectors::<A, M>::new(m);
-    let s = Vectors::<A, S>::new(s).fit(m.blocks.len(), m.rest.len());
-    in_region(arch, kernel, ReadOnly(Two(m, s)));
-}
-
-#[inline(always)]
-fn map_pair<A: Arch, K, M: Storage, S: Storage, O: Storage>(
+pub(crate) fn read_pair<A: Arch, K: Kernel<A::Simd, (F32s<A>, F32s<A>)>>(
     arch: A,
+    main: AnySlice<'_>,
+    side: AnySlice<'_>,
+    stage: &mut Stage<'_>,
     kernel: &mut K,
-    m: &[M],
-    s: &[S],
-    y: &mut [O],
-) where
-    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
-{
-    let w = VectorsMut::<A, O>::new(y);
-    let (blocks, rest) = (w.blocks(), w.rest());
-    let src = Two(
-        Vectors::<A, M>::new(m).fit(blocks, rest),
-        Vectors::<A, S>::new(s).fit(blocks, rest),
-    );
-    in_region(arch, kernel, Mapped { src, w });
+) {
+    match (main, side) {
+        (AnySlice::F32(m), AnySlice::F32(s)) => read_pair_f32(arch, kernel, m, s),
+        (m, s) => pair_staged(arch, PairIo::Read(m, s), stage, &mut |chunk| match chunk {
+            PairChunk::Read(m, s) => read_pair_f32(arch, kernel, m, s),
+            PairChunk::InPlace(..) => unreachable!("a reduction writes nothing"),
+        }),
+    }
 }
 
 #[inline(always)]
-fn update_pair<A: Arch, K, M: Storage, S: Storage>(arch: A, kernel: &mut K, y: &mut [M], s: &[S])
+fn read_pair_f32<A, K>(arch: A, kernel: &mut K, m: &[f32], s: &[f32])
 where
+    A: Arch,
     K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
 {
-    let w = VectorsMut::<A, M>::new(y);
-    let side = Vectors::<A, S>::new(s).fit(w.blocks(), w.rest());
-    in_region(arch, kernel, UpdatedWith { w, side });
+    assert_eq!(m.len(), s.len(), "paired rows differ in length");
+    let main = Row::new(m);
+    let side = Row::new(s).fit(&main);
+    pass(arch, kernel, Split(Pair(main, side), NoStore))
 }
 
-/// Copies a pass's values through unchanged (the conversions happen in the loads and stores).
-struct Convert;
-
-impl<S: Simd> Kernel<S> for Convert {
-    type Acc = ();
-    #[inline(always)]
-    fn fill(&self) -> f32 {
-        0.0
-    }
-    #[inline(always)]
-    fn init(&self, _: S) {}
-    #[inline(always)]
-    fn step(&self, _: S, _: (), x: S::f32s) -> ((), S::f32s) {
-        ((), x)
-    }
-    #[inline(always)]
-    fn merge(&self, _: S, _: (), _: ()) {}
-    #[inline(always)]
-    fn flush(&mut self, _: S, _: ()) {}
-}
-
-/// `src` exactly as f32, into `dst` of the same length.
 #[inline(always)]
-fn widen<A: Arch>(arch: A, src: AnySlice<'_>, dst: &mut [f32]) {
-    match src {
-        AnySlice::F16(src) => map(arch, &mut Convert, src, dst),
-        AnySlice::BF16(src) => map(arch, &mut Convert, src, dst),
-        AnySlice::F32(src) => dst.copy_from_slice(src),
+fn map_pair_f32<A, K>(arch: A, kernel: &mut K, m: &[f32], s: &[f32], y: &mut [f32])
+where
+    A: Arch,
+    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
+{
+    let n = y.len();
+    assert!(m.len() == n && s.len() == n, "paired rows differ in length");
+    let w = RowMut::new(y);
+    let (main, side) = (Row::new(m).fit(&w), Row::new(s).fit(&w));
+    pass(arch, kernel, Split(Pair(main, side), w))
+}
+
+#[inline(always)]
+fn update_pair_f32<A, K>(arch: A, kernel: &mut K, y: &mut [f32], s: &[f32])
+where
+    A: Arch,
+    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
+{
+    assert_eq!(y.len(), s.len(), "paired rows differ in length");
+    let w = RowMut::new(y);
+    let side = Row::new(s).fit(&w);
+    pass(arch, kernel, WithSide(w, side))
+}
+
+/// An f32 chunk of paired rows a staged pass runs on.
+enum PairChunk<'a> {
+    Read(&'a [f32], &'a [f32]),
+    /// (main, written in place; side)
+    InPlace(&'a mut [f32], &'a [f32]),
+}
+
+/// [`run_pair`] with a half-precision row: each chunk of the main row is
+/// widened into the stage and the pass runs on it there (in place when it
+/// writes, then rounded into the output); a half side row is widened into
+/// the stage's other half. One copy per ISA, like [`read_staged`].
+#[inline(never)]
+fn pair_staged<A: Arch>(
+    arch: A,
+    io: PairIo<'_>,
+    stage: &mut Stage<'_>,
+    pass: &mut dyn FnMut(PairChunk<'_>),
+) {
+    let (main, side, mut out) = match io {
+        PairIo::Read(m, s) => (Some(m), s, None),
+        PairIo::Map(m, s, y) => (Some(m), s, Some(y)),
+        PairIo::InPlace(y, s) => (None, s, Some(y)),
+    };
+    let n = side.len();
+    if let Some(m) = &main {
+        assert_eq!(m.len(), n, "paired rows differ in length");
     }
-}
-
-/// Vector access to a row, split up front into blocks of [`UNROLL`] full
-/// vectors, the full vectors left over (fewer than UNROLL), and the partial
-/// tail. Loads give f32 vectors whatever the storage type.
-pub(crate) trait Reader<A: Arch> {
-    fn blocks(&self) -> usize;
-    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL];
-    fn rest(&self) -> usize;
-    fn load_rest(&self, arch: A, j: usize) -> F32s<A>;
-    fn tail_len(&self) -> usize;
-    /// The tail's lanes; lanes past the row are 0 (the caller replaces them).
-    fn load_tail(&self, arch: A) -> F32s<A>;
-}
-
-/// A read-only row cut to the piece counts of the row it is mapped onto
-/// (equal for equal lengths), so indexing inside the loop needs no bounds check.
-pub(crate) trait Fit {
-    fn fit(self, blocks: usize, rest: usize) -> Self;
-}
-
-/// A writable row; it reads what it holds (in place).
-pub(crate) trait Writer<A: Arch>: Reader<A> {
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
-    fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>);
-    fn store_tail(&mut self, arch: A, v: F32s<A>);
-}
-
-type Block<A, T> = [<T as Storage>::Vector<A>; UNROLL];
-
-/// A read-only row of one storage type.
-pub(crate) struct Vectors<'a, A: Arch, T: Storage> {
-    blocks: &'a [Block<A, T>],
-    rest: &'a [T::Vector<A>],
-    tail: &'a [T],
-}
-
-impl<'a, A: Arch, T: Storage> Vectors<'a, A, T> {
-    #[inline(always)]
-    fn new(x: &'a [T]) -> Self {
-        let (body, tail) = T::split::<A>(x);
-        let (blocks, rest) = body.as_chunks::<UNROLL>();
-        Self { blocks, rest, tail }
+    if let Some(y) = &out {
+        assert_eq!(y.len(), n, "paired rows differ in length");
     }
-}
-
-impl<A: Arch, T: Storage> Fit for Vectors<'_, A, T> {
-    #[inline(always)]
-    fn fit(self, blocks: usize, rest: usize) -> Self {
-        Self {
-            blocks: &self.blocks[..blocks],
-            rest: &self.rest[..rest],
-            tail: self.tail,
+    for (a, b) in chunks(n) {
+        let ms = &mut stage.main[..b - a];
+        match (main, out.as_mut()) {
+            (Some(m), _) => widen(arch, m.slice(a..b), ms),
+            // In place: the main row is the output, read before it is overwritten.
+            (None, Some(y)) => widen(arch, y.shared().slice(a..b), ms),
+            (None, None) => unreachable!("an in-place pass has a row to write"),
+        }
+        let ss = match side.slice(a..b) {
+            AnySlice::F32(s) => s,
+            s => {
+                let ss = &mut stage.side[..b - a];
+                widen(arch, s, ss);
+                ss
+            }
+        };
+        match out.as_mut() {
+            None => pass(PairChunk::Read(ms, ss)),
+            Some(y) => {
+                pass(PairChunk::InPlace(ms, ss));
+                narrow(arch, ms, y.reborrow().into_slice(a..b));
+            }
         }
     }
 }
 
-/// A writable row of one storage type.
-pub(crate) struct VectorsMut<'a, A: Arch, T: Storage> {
-    blocks: &'a mut [Block<A, T>],
-    rest: &'a mut [T::Vector<A>],
-    tail: &'a mut [T],
+/// A row's full vectors, split into blocks of [`UNROLL`], the vectors left
+/// over (fewer than UNROLL), and the partial tail.
+struct Pieces<'a, V> {
+    blocks: &'a [[V; UNROLL]],
+    rest: &'a [V],
+    tail: &'a [f32],
 }
 
-impl<'a, A: Arch, T: Storage> VectorsMut<'a, A, T> {
+/// What one step of a pass reads: a vector of a row, or a pair from two rows.
+trait Load<A: Arch> {
+    type In: Copy;
+    /// (blocks, rest, tail length) of the row.
+    fn counts(&self) -> (usize, usize, usize);
+    fn block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
+    fn vector(&self, arch: A, j: usize) -> Self::In;
+    /// The tail's lanes, with `fill` in the lanes past the row.
+    fn tail(&self, arch: A, fill: f32) -> Self::In;
+}
+
+/// Where a pass's values go.
+trait Store<A: Arch> {
+    fn block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
+    fn vector(&mut self, arch: A, j: usize, v: F32s<A>);
+    fn tail(&mut self, arch: A, v: F32s<A>);
+}
+
+/// A read-only f32 row.
+struct Row<'a, A: Arch>(Pieces<'a, F32s<A>>);
+
+impl<'a, A: Arch> Row<'a, A> {
     #[inline(always)]
-    fn new(y: &'a mut [T]) -> Self {
-        let (body, tail) = T::split_mut::<A>(y);
+    fn new(x: &'a [f32]) -> Self {
+        let (body, tail) = A::Simd::as_simd_f32s(x);
+        let (blocks, rest) = body.as_chunks::<UNROLL>();
+        Self(Pieces { blocks, rest, tail })
+    }
+    /// Cut to the piece counts of the row it is read beside (equal for equal
+    /// lengths), stated where the optimiser can see them: no bounds checks.
+    #[inline(always)]
+    fn fit<L: Load<A>>(self, other: &L) -> Self {
+        let (blocks, rest, _) = other.counts();
+        Self(Pieces {
+            blocks: &self.0.blocks[..blocks],
+            rest: &self.0.rest[..rest],
+            tail: self.0.tail,
+        })
+    }
+}
+
+/// A writable f32 row; it reads what it holds (in place).
+struct RowMut<'a, A: Arch> {
+    blocks: &'a mut [[F32s<A>; UNROLL]],
+    rest: &'a mut [F32s<A>],
+    tail: &'a mut [f32],
+}
+
+impl<'a, A: Arch> RowMut<'a, A> {
+    #[inline(always)]
+    fn new(y: &'a mut [f32]) -> Self {
+        let (body, tail) = A::Simd::as_mut_simd_f32s(y);
         let (blocks, rest) = body.as_chunks_mut::<UNROLL>();
         Self { blocks, rest, tail }
     }
 }
 
-/// The loads of both typed rows.
-macro_rules! typed_reader {
-    ($ty:ident) => {
-        impl<A: Arch, T: Storage> Reader<A> for $ty<'_, A, T> {
-            #[inline(always)]
-            fn blocks(&self) -> usize {
-                self.blocks.len()
-            }
-            #[inline(always)]
-            fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
-                let b = &self.blocks[i];
-                let mut out = [T::load(arch, b[0]); UNROLL];
-                for j in 1..UNROLL {
-                    out[j] = T::load(arch, b[j]);
-                }
-                out
-            }
-            #[inline(always)]
-            fn rest(&self) -> usize {
-                self.rest.len()
-            }
-            #[inline(always)]
-            fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
-                T::load(arch, self.rest[j])
-            }
-            #[inline(always)]
-            fn tail_len(&self) -> usize {
-                self.tail.len()
-            }
-            #[inline(always)]
-            fn load_tail(&self, arch: A) -> F32s<A> {
-                T::load_partial(arch, self.tail)
-            }
-        }
-    };
-}
-
-typed_reader!(Vectors);
-typed_reader!(VectorsMut);
-
-impl<A: Arch, T: Storage> Writer<A> for VectorsMut<'_, A, T> {
-    #[inline(always)]
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
-        let b = &mut self.blocks[i];
-        for j in 0..UNROLL {
-            b[j] = T::store(arch, v[j]);
-        }
-    }
-    #[inline(always)]
-    fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>) {
-        self.rest[j] = T::store(arch, v);
-    }
-    #[inline(always)]
-    fn store_tail(&mut self, arch: A, v: F32s<A>) {
-        T::store_partial(arch, self.tail, v)
-    }
-}
-
-/// What one pass does with its rows: what a step reads (`In`: one vector, or a
-/// pair from two rows of equal length) and where its values go (nowhere, another
-/// row, or back over the first row read).
-trait Lanes<A: Arch> {
-    type In: Copy;
-    fn blocks(&self) -> usize;
-    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
-    fn rest(&self) -> usize;
-    fn load_rest(&self, arch: A, j: usize) -> Self::In;
-    fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>);
-    fn tail_len(&self) -> usize;
-    /// The tail's lanes, with `fill` in the lanes past the row.
-    fn load_tail(&self, arch: A, fill: f32) -> Self::In;
-    fn store_tail(&mut self, arch: A, v: F32s<A>);
-}
-
-/// What a pass reads: one row, or two rows read in step.
-trait Source<A: Arch> {
-    type In: Copy;
-    /// The piece counts of the (first) row.
-    fn pieces(&self) -> (usize, usize, usize);
-    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
-    fn load_rest(&self, arch: A, j: usize) -> Self::In;
-    fn load_tail(&self, arch: A, fill: f32) -> Self::In;
-}
-
-/// The tail of `r` with `fill` past the row.
+/// The tail's lanes with `fill` past the row.
 #[inline(always)]
-fn filled_tail<A: Arch, R: Reader<A>>(arch: A, r: &R, fill: f32) -> F32s<A> {
+fn filled_tail<A: Arch>(arch: A, tail: &[f32], fill: f32) -> F32s<A> {
     let simd = arch.simd();
-    let valid = simd.mask_between_m32s(0, r.tail_len() as u32).mask();
-    simd.select_f32s(valid, r.load_tail(arch), simd.splat_f32s(fill))
+    let valid = simd.mask_between_m32s(0, tail.len() as u32).mask();
+    simd.select_f32s(valid, simd.partial_load_f32s(tail), simd.splat_f32s(fill))
 }
+
+impl<A: Arch> Load<A> for Row<'_, A> {
+    type In = F32s<A>;
+    #[inline(always)]
+    fn counts(&self) -> (usize, usize, usize) {
+        (self.0.blocks.len(), self.0.rest.len(), self.0.tail.len())
+    }
+    #[inline(always)]
+    fn block(&self, _: A, i: usize) -> [F32s<A>; UNROLL] {
+        self.0.blocks[i]
+    }
+    #[inline(always)]
+    fn vector(&self, _: A, j: usize) -> F32s<A> {
+        self.0.rest[j]
+    }
+    #[inline(always)]
+    fn tail(&self, arch: A, fill: f32) -> F32s<A> {
+        filled_tail(arch, self.0.tail, fill)
+    }
+}
+
+impl<A: Arch> Load<A> for RowMut<'_, A> {
+    type In = F32s<A>;
+    #[inline(always)]
+    fn counts(&self) -> (usize, usize, usize) {
+        (self.blocks.len(), self.rest.len(), self.tail.len())
+    }
+    #[inline(always)]
+    fn block(&self, _: A, i: usize) -> [F32s<A>; UNROLL] {
+        self.blocks[i]
+    }
+    #[inline(always)]
+    fn vector(&self, _: A, j: usize) -> F32s<A> {
+        self.rest[j]
+    }
+    #[inline(always)]
+    fn tail(&self, arch: A, fill: f32) -> F32s<A> {
+        filled_tail(arch, self.tail, fill)
+    }
+}
+
+impl<A: Arch> Store<A> for RowMut<'_, A> {
+    #[inline(always)]
+    fn block(&mut self, _: A, i: usize, v: [F32s<A>; UNROLL]) {
+        self.blocks[i] = v;
+    }
+    #[inline(always)]
+    fn vector(&mut self, _: A, j: usize, v: F32s<A>) {
+        self.rest[j] = v;
+    }
+    #[inline(always)]
+    fn tail(&mut self, arch: A, v: F32s<A>) {
+        arch.simd().partial_store_f32s(self.tail, v)
+    }
+}
+
+/// A reduction's store: nothing.
+struct NoStore;
+
+impl<A: Arch> Store<A> for NoStore {
+    #[inline(always)]
+    fn block(&mut self, _: A, _: usize, _: [F32s<A>; UNROLL]) {}
+    #[inline(always)]
+    fn vector(&mut self, _: A, _: usize, _: F32s<A>) {}
+    #[inline(always)]
+    fn tail(&mut self, _: A, _: F32s<A>) {}
+}
+
+/// Two rows of equal length read in step: (main, side).
+struct Pair<M, S>(M, S);
 
 /// Pairs of vectors from two blocks.
 #[inline(always)]
 fn zip<V: Copy>(a: [V; UNROLL], b: [V; UNROLL]) -> [(V, V); UNROLL] {
-    let mut out = [(a[0], b[0]); UNROLL];
-    for j in 1..UNROLL {
-        out[j] = (a[j], b[j]);
-    }
-    out
+    core::array::from_fn(|j| (a[j], b[j]))
 }
 
-/// One row.
-struct One<R>(R);
-
-impl<A: Arch, R: Reader<A>> Source<A> for One<R> {
-    type In = F32s<A>;
-    #[inline(always)]
-    fn pieces(&self) -> (usize, usize, usize) {
-        (self.0.blocks(), self.0.rest(), self.0.tail_len())
-    }
-    #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
-        self.0.load_block(arch, i)
-    }
-    #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
-        self.0.load_rest(arch, j)
-    }
-    #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> F32s<A> {
-        filled_tail(arch, &self.0, fill)
-    }
-}
-
-/// Two rows of equal length, read in step: (main, side).
-struct Two<R1, R2>(R1, R2);
-
-impl<A: Arch, R1: Reader<A>, R2: Reader<A>> Source<A> for Two<R1, R2> {
+impl<A: Arch, M: Load<A, In = F32s<A>>, S: Load<A, In = F32s<A>>> Load<A> for Pair<M, S> {
     type In = (F32s<A>, F32s<A>);
     #[inline(always)]
-    fn pieces(&self) -> (usize, usize, usize) {
-        (self.0.blocks(), self.0.rest(), self.0.tail_len())
+    fn counts(&self) -> (usize, usize, usize) {
+        self.0.counts()
     }
     #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
-        zip(self.0.load_block(arch, i), self.1.load_block(arch, i))
+    fn block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
+        zip(self.0.block(arch, i), self.1.block(arch, i))
     }
     #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> Self::In {
-        (self.0.load_rest(arch, j), self.1.load_rest(arch, j))
+    fn vector(&self, arch: A, j: usize) -> Self::In {
+        (self.0.vector(arch, j), self.1.vector(arch, j))
     }
     #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> Self::In {
-        (
-            filled_tail(arch, &self.0, fill),
-            filled_tail(arch, &self.1, fill),
-        )
+    fn tail(&self, arch: A, fill: f32) -> Self::In {
+        (self.0.tail(arch, fill), self.1.tail(arch, fill))
     }
 }
 
-/// Reads only.
-struct ReadOnly<R>(R);
-
-/// Reads `src`, writes `w` (same length).
-struct Mapped<R, W> {
-    src: R,
-    w: W,
-}
-
-/// Reads and overwrites `w`.
-struct Updated<W> {
-    w: W,
-}
+/// Reads through `L`, writes through `W` (out of place, or nowhere).
+struct Split<L, W>(L, W);
 
 /// Reads (w, side) pairs and overwrites `w`.
-struct UpdatedWith<W, R> {
-    w: W,
-    side: R,
+struct WithSide<'a, A: Arch>(RowMut<'a, A>, Row<'a, A>);
+
+/// What [`drive`] runs over: loads and stores in one value, so that a row
+/// read and written in place is a single borrow.
+trait Lanes<A: Arch> {
+    type In: Copy;
+    fn counts(&self) -> (usize, usize, usize);
+    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
+    fn load_vector(&self, arch: A, j: usize) -> Self::In;
+    fn load_tail(&self, arch: A, fill: f32) -> Self::In;
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
+    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>);
+    fn store_tail(&mut self, arch: A, v: F32s<A>);
 }
 
-impl<A: Arch, R: Source<A>> Lanes<A> for ReadOnly<R> {
-    type In = R::In;
+impl<A: Arch, L: Load<A>, W: Store<A>> Lanes<A> for Split<L, W> {
+    type In = L::In;
     #[inline(always)]
-    fn blocks(&self) -> usize {
-        self.0.pieces().0
+    fn counts(&self) -> (usize, usize, usize) {
+        self.0.counts()
     }
     #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [R::In; UNROLL] {
-        self.0.load_block(arch, i)
+    fn load_block(&self, arch: A, i: usize) -> [L::In; UNROLL] {
+        self.0.block(arch, i)
     }
     #[inline(always)]
-    fn store_block(&mut self, _: A, _: usize, _: [F32s<A>; UNROLL]) {}
-    #[inline(always)]
-    fn rest(&self) -> usize {
-        self.0.pieces().1
+    fn load_vector(&self, arch: A, j: usize) -> L::In {
+        self.0.vector(arch, j)
     }
     #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> R::In {
-        self.0.load_rest(arch, j)
+    fn load_tail(&self, arch: A, fill: f32) -> L::In {
+        self.0.tail(arch, fill)
     }
     #[inline(always)]
-    fn store_rest(&mut self, _: A, _: usize, _: F32s<A>) {}
-    #[inline(always)]
-    fn tail_len(&self) -> usize {
-        self.0.pieces().2
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+        self.1.block(arch, i, v)
     }
     #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> R::In {
-        self.0.load_tail(arch, fill)
+    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>) {
+        self.1.vector(arch, j, v)
     }
     #[inline(always)]
-    fn store_tail(&mut self, _: A, _: F32s<A>) {}
-}
-
-/// The writing half of a [`Lanes`] impl: piece counts and stores go to `self.w`.
-macro_rules! writes_to_w {
-    () => {
-        #[inline(always)]
-        fn blocks(&self) -> usize {
-            self.w.blocks()
-        }
-        #[inline(always)]
-        fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
-            self.w.store_block(arch, i, v)
-        }
-        #[inline(always)]
-        fn rest(&self) -> usize {
-            self.w.rest()
-        }
-        #[inline(always)]
-        fn store_rest(&mut self, arch: A, j: usize, v: F32s<A>) {
-            self.w.store_rest(arch, j, v)
-        }
-        #[inline(always)]
-        fn tail_len(&self) -> usize {
-            self.w.tail_len()
-        }
-        #[inline(always)]
-        fn store_tail(&mut self, arch: A, v: F32s<A>) {
-            self.w.store_tail(arch, v)
-        }
-    };
-}
-
-impl<A: Arch, R: Source<A>, W: Writer<A>> Lanes<A> for Mapped<R, W> {
-    type In = R::In;
-    writes_to_w!();
-    #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [R::In; UNROLL] {
-        self.src.load_block(arch, i)
-    }
-    #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> R::In {
-        self.src.load_rest(arch, j)
-    }
-    #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> R::In {
-        self.src.load_tail(arch, fill)
+    fn store_tail(&mut self, arch: A, v: F32s<A>) {
+        self.1.tail(arch, v)
     }
 }
 
-impl<A: Arch, W: Writer<A>> Lanes<A> for Updated<W> {
+/// In place: the row is both the load and the store.
+impl<A: Arch> Lanes<A> for RowMut<'_, A> {
     type In = F32s<A>;
-    writes_to_w!();
+    #[inline(always)]
+    fn counts(&self) -> (usize, usize, usize) {
+        Load::counts(self)
+    }
     #[inline(always)]
     fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
-        self.w.load_block(arch, i)
+        Load::block(self, arch, i)
     }
     #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> F32s<A> {
-        self.w.load_rest(arch, j)
+    fn load_vector(&self, arch: A, j: usize) -> F32s<A> {
+        Load::vector(self, arch, j)
     }
     #[inline(always)]
     fn load_tail(&self, arch: A, fill: f32) -> F32s<A> {
-        filled_tail(arch, &self.w, fill)
+        Load::tail(self, arch, fill)
+    }
+    #[inline(always)]
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+        Store::block(self, arch, i, v)
+    }
+    #[inline(always)]
+    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>) {
+        Store::vector(self, arch, j, v)
+    }
+    #[inline(always)]
+    fn store_tail(&mut self, arch: A, v: F32s<A>) {
+        Store::tail(self, arch, v)
     }
 }
 
-impl<A: Arch, W: Writer<A>, R: Reader<A>> Lanes<A> for UpdatedWith<W, R> {
+impl<A: Arch> Lanes<A> for WithSide<'_, A> {
     type In = (F32s<A>, F32s<A>);
-    writes_to_w!();
     #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
-        zip(self.w.load_block(arch, i), self.side.load_block(arch, i))
+    fn counts(&self) -> (usize, usize, usize) {
+        Load::counts(&self.0)
     }
     #[inline(always)]
-    fn load_rest(&self, arch: A, j: usize) -> Self::In {
-        (self.w.load_rest(arch, j), self.side.load_rest(arch, j))
+    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
+        zip(Load::block(&self.0, arch, i), self.1.block(arch, i))
+    }
+    #[inline(always)]
+    fn load_vector(&self, arch: A, j: usize) -> Self::In {
+        (Load::vector(&self.0, arch, j), self.1.vector(arch, j))
     }
     #[inline(always)]
     fn load_tail(&self, arch: A, fill: f32) -> Self::In {
-        (
-            filled_tail(arch, &self.w, fill),
-            filled_tail(arch, &self.side, fill),
-        )
+        (Load::tail(&self.0, arch, fill), self.1.tail(arch, fill))
+    }
+    #[inline(always)]
+    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+        Store::block(&mut self.0, arch, i, v)
+    }
+    #[inline(always)]
+    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>) {
+        Store::vector(&mut self.0, arch, j, v)
+    }
+    #[inline(always)]
+    fn store_tail(&mut self, arch: A, v: F32s<A>) {
+        Store::tail(&mut self.0, arch, v)
     }
 }
 
@@ -711,7 +714,7 @@ impl<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>> Body for Pass<'_, A, K, L>
 }
 
 #[inline(always)]
-fn in_region<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, lanes: L) {
+fn pass<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, lanes: L) {
     arch.region(Pass {
         arch,
         kernel,
@@ -719,13 +722,15 @@ fn in_region<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &
     })
 }
 
+/// The loop: unrolled blocks, the vectors left over, the masked tail.
 #[inline(always)]
 fn drive<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, mut lanes: L) {
     let simd = arch.simd();
     let init = kernel.init(simd);
     let mut acc = [init; UNROLL];
+    let (blocks, rest, tail_len) = lanes.counts();
     let mut since_flush = 0usize;
-    for i in 0..lanes.blocks() {
+    for i in 0..blocks {
         let x = lanes.load_block(arch, i);
         let mut y = [simd.splat_f32s(0.0); UNROLL];
         for j in 0..UNROLL {
@@ -740,20 +745,24 @@ fn drive<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut 
             acc = [init; UNROLL];
         }
     }
-    for (j, a) in acc.iter_mut().enumerate().take(lanes.rest()) {
-        let (next, y) = kernel.step(simd, *a, lanes.load_rest(arch, j));
+    for (j, a) in acc.iter_mut().enumerate().take(rest) {
+        let (next, y) = kernel.step(simd, *a, lanes.load_vector(arch, j));
         *a = next;
-        lanes.store_rest(arch, j, y);
+        lanes.store_vector(arch, j, y);
     }
-    let tail_len = lanes.tail_len();
     if tail_len > 0 {
         let x = lanes.load_tail(arch, kernel.fill());
         let (next, y) = kernel.step_tail(simd, acc[UNROLL - 1], x, tail_len);
         acc[UNROLL - 1] = next;
         lanes.store_tail(arch, y);
     }
-    let merged = merge_all(simd, kernel, acc);
-    kernel.flush(simd, merged);
+    // Nothing stepped since the last flush (a row, or chunk, of whole flush
+    // periods): flushing the neutral accumulators would change nothing, except
+    // for kernels that count their flushes (one value per block).
+    if since_flush > 0 || rest > 0 || tail_len > 0 || blocks == 0 {
+        let merged = merge_all(simd, kernel, acc);
+        kernel.flush(simd, merged);
+    }
 }
 
 #[inline(always)]

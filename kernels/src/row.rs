@@ -18,11 +18,11 @@
 use crate::arch::Arch;
 use crate::exp::CUTOFF;
 use crate::exp_sum::{ExpSum, ExpSumBelowMax};
-use crate::loops::{run, Io, Stage};
+use crate::loops::{read, run, write, Io, Stage};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
-use crate::shift::{with_shift, AnyShift, Shift};
+use crate::shift::{with_shift, with_shift_and_test, AnyShift, Shift};
 use crate::storage::{AnySlice, AnySliceMut, Kind};
 use crate::two_pass::{TwoPassOut, TwoPassSum, LIMIT};
 use crate::{Method, Output, Temperature};
@@ -56,7 +56,7 @@ pub(crate) enum Stats {
 #[inline(always)]
 fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32) {
     let mut k = MinMax::new();
-    run(arch, Io::Read(x), st, &mut k);
+    read(arch, x, st, &mut k);
     (k.max, k.min)
 }
 
@@ -109,10 +109,8 @@ fn exp_pass<A: Arch, P: ExpPass>(
     pass: P,
 ) -> P::Output {
     let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
-    with_shift!(AnyShift::new(max, min, inv_t), z => if flush {
-        pass.pass::<A, _, true>(arch, st, z)
-    } else {
-        pass.pass::<A, _, false>(arch, st, z)
+    with_shift_and_test!(AnyShift::new(max, min, inv_t), flush, z, TEST => {
+        pass.pass::<A, _, TEST>(arch, st, z)
     })
 }
 
@@ -142,7 +140,7 @@ impl ExpPass for SumBelowMax<'_> {
         z: Z,
     ) -> (f64, f64) {
         let mut k = ExpSumBelowMax::<Z, FLUSH>::new(z);
-        run(arch, Io::Read(self.0), st, &mut k);
+        read(arch, self.0, st, &mut k);
         (k.total, k.maxima)
     }
 }
@@ -164,7 +162,7 @@ fn exp_sum<A: Arch>(
 #[inline(always)]
 fn classify<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> Special {
     let mut k = SpecialScan::default();
-    run(arch, Io::Read(x), st, &mut k);
+    read(arch, x, st, &mut k);
     if k.nans > 0 {
         Special::Nan
     } else if k.pos_infs > 0 {
@@ -271,7 +269,7 @@ enum TwoPass {
 #[inline(always)]
 fn two_pass_sum<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> TwoPass {
     let mut k = TwoPassSum::new(inv_t);
-    run(arch, Io::Read(x), st, &mut k);
+    read(arch, x, st, &mut k);
     if !k.max.is_finite() {
         return TwoPass::Done(Stats::Special(classify(arch, st, x)));
     }
@@ -315,25 +313,26 @@ fn write_special<A: Arch>(
     x: Option<AnySlice<'_>>,
     y: AnySliceMut<'_>,
 ) {
-    let io = Io::write(x, y);
     match (special, output) {
-        (Special::Nan, _) => run(arch, io, st, &mut Map(Fill(f32::NAN))),
-        (Special::Masked, Output::Softmax) => run(arch, io, st, &mut Map(Fill(0.0))),
+        (Special::Nan, _) => write(arch, x, y, st, &mut Map(Fill(f32::NAN))),
+        (Special::Masked, Output::Softmax) => write(arch, x, y, st, &mut Map(Fill(0.0))),
         (Special::Masked, Output::LogSoftmax) => {
-            run(arch, io, st, &mut Map(Fill(f32::NEG_INFINITY)))
+            write(arch, x, y, st, &mut Map(Fill(f32::NEG_INFINITY)))
         }
-        (Special::PosInf(k), Output::Softmax) => run(
+        (Special::PosInf(k), Output::Softmax) => write(
             arch,
-            io,
+            x,
+            y,
             st,
             &mut Map(InfShare {
                 on_inf: (1.0 / k as f64) as f32,
                 other: 0.0,
             }),
         ),
-        (Special::PosInf(k), Output::LogSoftmax) => run(
+        (Special::PosInf(k), Output::LogSoftmax) => write(
             arch,
-            io,
+            x,
+            y,
             st,
             &mut Map(InfShare {
                 on_inf: -(k as f64).ln() as f32,
@@ -396,22 +395,22 @@ pub(crate) fn forward_row<A: Arch>(
             // Every stored e ≥ floor when z ≥ ln(floor) (the 1e-5 covers exp's
             // error); ln S is bounded from its exponent, saving a libm call per row.
             let floor_z = CUTOFF as f64 + ln_upper_bound(sum) + FLOOR_MARGIN.ln() + 1e-5;
-            let io = if in_output {
-                Io::InPlace(y)
-            } else {
-                Io::Map(AnySlice::F32(&exps[..n]), y)
+            // A match, not bool::then: a closure would be compiled outside the region.
+            let e = match in_output {
+                true => None,
+                false => Some(AnySlice::F32(&exps[..n])),
             };
             return if may_fall_below(max, min, inv_t, floor_z) {
-                run(arch, io, st, &mut Map(Scale::<true> { floor, r }))
+                write(arch, e, y, st, &mut Map(Scale::<true> { floor, r }))
             } else {
-                run(arch, io, st, &mut Map(Scale::<false> { floor, r }))
+                write(arch, e, y, st, &mut Map(Scale::<false> { floor, r }))
             };
         }
         (Output::Softmax, Method::TwoPass) => {
             match two_pass_sum(arch, st, x.unwrap_or(y.shared()), inv_t) {
                 TwoPass::Exp(k) => {
                     let out = TwoPassOut::new(inv_t, k.sum, k.exponent);
-                    return run(arch, Io::write(x, y), st, &mut Map(out));
+                    return write(arch, x, y, st, &mut Map(out));
                 }
                 TwoPass::Done(stats) => stats,
             }
@@ -426,12 +425,9 @@ pub(crate) fn forward_row<A: Arch>(
                 Output::Softmax => {
                     let (cutoff, flush) = softmax_cutoff(max, min, inv_t, ln_sum);
                     let r = (-ln_sum).exp() as f32;
-                    with_shift!(shift, z => if flush {
-                        let map = ExpScale::<_, true> { shift: z, cutoff, r };
-                        run(arch, Io::write(x, y), st, &mut Map(map))
-                    } else {
-                        let map = ExpScale::<_, false> { shift: z, cutoff, r };
-                        run(arch, Io::write(x, y), st, &mut Map(map))
+                    with_shift_and_test!(shift, flush, z, TEST => {
+                        let map = ExpScale::<_, TEST> { shift: z, cutoff, r };
+                        write(arch, x, y, st, &mut Map(map))
                     })
                 }
                 // Into f16 or bf16, z - ln S is rounded to odd in f32 so that
@@ -441,14 +437,14 @@ pub(crate) fn forward_row<A: Arch>(
                         shift: z,
                         ln_sum: ln_sum as f32,
                     };
-                    run(arch, Io::write(x, y), st, &mut Map(map))
+                    write(arch, x, y, st, &mut Map(map))
                 }),
                 Output::LogSoftmax => with_shift!(shift, z => {
                     let map = LogSoftmaxOut::<_, false> {
                         shift: z,
                         ln_sum: ln_sum as f32,
                     };
-                    run(arch, Io::write(x, y), st, &mut Map(map))
+                    write(arch, x, y, st, &mut Map(map))
                 }),
             }
         }

@@ -27,7 +27,7 @@
 use crate::arch::Arch;
 use crate::exp::CUTOFF;
 use crate::exp_sum::sum_lanes_f64;
-use crate::loops::{run, Io, Kernel, Stage, UNROLL};
+use crate::loops::{read, Kernel, Stage, UNROLL};
 use crate::random::{gumbel_at_most, gumbel_of, Stream, INVERSE_CDF};
 use crate::shift::{with_shift, AnyShift, Shift};
 use crate::storage::{AnySlice, Storage};
@@ -343,12 +343,12 @@ impl Weights {
 
 /// The max of each block into `out` (one per block); true if the row holds a NaN.
 #[inline(always)]
-fn block_maxima<A: Arch>(arch: A, x: AnySlice<'_>, out: &mut [f32]) -> bool {
+fn block_maxima<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, out: &mut [f32]) -> bool {
     let mut k = BlockMax {
         out: PerBlock::new(out),
         nan: false,
     };
-    run(arch, Io::Read(x), &mut Stage::new(&mut []), &mut k);
+    read(arch, x, st, &mut k);
     k.nan
 }
 
@@ -360,6 +360,7 @@ fn block_maxima<A: Arch>(arch: A, x: AnySlice<'_>, out: &mut [f32]) -> bool {
 #[inline(always)]
 fn block_sums<A: Arch, T: Storage>(
     arch: A,
+    st: &mut Stage<'_>,
     x: AnySlice<'_>,
     row: &Row<'_, T>,
     w: Weights,
@@ -374,7 +375,7 @@ fn block_sums<A: Arch, T: Storage>(
     if (1e-30..=1e30).contains(&scale) {
         with_shift!(AnyShift::new(reference, f32::NEG_INFINITY, inv_t), z => {
             let mut k = BlockSums { shift: z, out: PerBlock::new(out) };
-            run(arch, Io::Read(x), &mut Stage::new(&mut []), &mut k);
+            read(arch, x, st, &mut k);
         });
         if scale != 1.0 {
             for s in out.iter_mut() {
@@ -400,8 +401,10 @@ fn block_sums<A: Arch, T: Storage>(
 /// given, the log-probabilities of the truncated distribution the token is
 /// drawn from into `kept` (-inf for every token truncation drops).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_row<A: Arch>(
     arch: A,
+    st: &mut Stage<'_>,
     x: AnySlice<'_>,
     o: &SampleOptions<'_>,
     stream: Stream,
@@ -410,9 +413,9 @@ pub(crate) fn sample_row<A: Arch>(
     kept: Option<&mut [f32]>,
 ) -> Drawn {
     match x {
-        AnySlice::F32(s) => sample_typed(arch, x, s, o, stream, ws, top, kept),
-        AnySlice::F16(s) => sample_typed(arch, x, s, o, stream, ws, top, kept),
-        AnySlice::BF16(s) => sample_typed(arch, x, s, o, stream, ws, top, kept),
+        AnySlice::F32(s) => sample_typed(arch, st, x, s, o, stream, ws, top, kept),
+        AnySlice::F16(s) => sample_typed(arch, st, x, s, o, stream, ws, top, kept),
+        AnySlice::BF16(s) => sample_typed(arch, st, x, s, o, stream, ws, top, kept),
     }
 }
 
@@ -420,6 +423,7 @@ pub(crate) fn sample_row<A: Arch>(
 #[inline(always)]
 fn sample_typed<A: Arch, T: Storage>(
     arch: A,
+    st: &mut Stage<'_>,
     xs: AnySlice<'_>,
     x: &[T],
     o: &SampleOptions<'_>,
@@ -436,7 +440,7 @@ fn sample_typed<A: Arch, T: Storage>(
     let nb = row.blocks();
     ws.maxima.clear();
     ws.maxima.resize(nb, f32::NEG_INFINITY);
-    if block_maxima(arch, xs, &mut ws.maxima) {
+    if block_maxima(arch, st, xs, &mut ws.maxima) {
         return Drawn::Nan;
     }
     ws.vmax.clear();
@@ -459,7 +463,7 @@ fn sample_typed<A: Arch, T: Storage>(
             reference,
             inv_t: 1.0,
         };
-        let lse = reference + block_sums(arch, xs, &row, w1, 1.0, &mut ws.sums).ln();
+        let lse = reference + block_sums(arch, st, xs, &row, w1, 1.0, &mut ws.sums).ln();
         top_logprobs(&row, &ws.vmax, lse, &mut ws.cand, &mut ws.sorted, top);
         Some(lse)
     } else {
@@ -479,7 +483,7 @@ fn sample_typed<A: Arch, T: Storage>(
                 reference,
                 inv_t: 1.0 / t.get() as f64,
             };
-            draw(arch, xs, &row, o, t, w, max, stream, ws, kept)
+            draw(arch, st, xs, &row, o, t, w, max, stream, ws, kept)
         }
     };
     Drawn::Token {
@@ -501,6 +505,7 @@ fn first_max<T: Storage>(row: &Row<'_, T>, vmax: &[f64], max: f64) -> usize {
 #[inline(always)]
 fn draw<A: Arch, T: Storage>(
     arch: A,
+    st: &mut Stage<'_>,
     xs: AnySlice<'_>,
     row: &Row<'_, T>,
     o: &SampleOptions<'_>,
@@ -522,7 +527,7 @@ fn draw<A: Arch, T: Storage>(
     if !top_k && !top_p && min_p == f64::NEG_INFINITY && kept.is_none() {
         return match o.draw {
             Draw::InverseCdf => {
-                let total = block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
+                let total = block_sums(arch, st, xs, row, w, t.inv, &mut ws.sums);
                 inverse_cdf_blocks(row, &ws.sums, total, w, stream)
             }
             Draw::GumbelMax => gumbel_blocks(row, &ws.vmax, w, max, stream),
@@ -549,7 +554,7 @@ fn draw<A: Arch, T: Storage>(
             tau = tau.max(nucleus_cut(&ws.cand, o.top_p * mass, w, &mut ws.weighted));
         }
     } else if top_p {
-        let target = o.top_p * block_sums(arch, xs, row, w, t.inv, &mut ws.sums);
+        let target = o.top_p * block_sums(arch, st, xs, row, w, t.inv, &mut ws.sums);
         // Grow the candidate set until it holds the nucleus: one e-fold of
         // weight at a time while the bulk of most rows lies there, then
         // doubling. Each step adds only the logits between the old and new floors.

@@ -94,3 +94,36 @@ macro_rules! with_shift {
     };
 }
 pub(crate) use with_shift;
+
+/// [`with_shift!`] for a pass compiled with and without the per-element
+/// underflow test: evaluates `$body` with `$z` bound to the shift and the
+/// const `$test` to `$flush`, except that a `Wide` row always takes the test.
+/// Its range exceeds f32::MAX, so some z lies below every cutoff unless t is
+/// beyond 10^36; a variant without the test would never pay for its code.
+macro_rules! with_shift_and_test {
+    ($any:expr, $flush:expr, $z:ident, $test:ident => $body:expr) => {
+        match ($any, $flush) {
+            ($crate::shift::AnyShift::Unit($z), true) => {
+                const $test: bool = true;
+                $body
+            }
+            ($crate::shift::AnyShift::Unit($z), false) => {
+                const $test: bool = false;
+                $body
+            }
+            ($crate::shift::AnyShift::Scaled($z), true) => {
+                const $test: bool = true;
+                $body
+            }
+            ($crate::shift::AnyShift::Scaled($z), false) => {
+                const $test: bool = false;
+                $body
+            }
+            ($crate::shift::AnyShift::Wide($z), _) => {
+                const $test: bool = true;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_shift_and_test;

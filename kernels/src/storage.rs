@@ -2,7 +2,7 @@
 //! Arithmetic is always f32; narrower types are widened on load and rounded to
 //! nearest even on store (see [`crate::arch`]).
 
-use crate::arch::{Arch, F32s};
+use crate::arch::{Arch, Body, F32s};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use pulp::bytemuck;
@@ -220,6 +220,74 @@ half_storage!(
     bf16_bits_to_f64,
     bf16_bits_from_f64
 );
+
+/// Widens `src` (any type) exactly into `dst` (as long).
+#[inline(always)]
+pub(crate) fn widen<A: Arch>(arch: A, src: AnySlice<'_>, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "a conversion keeps the length");
+    match src {
+        AnySlice::F32(src) => dst.copy_from_slice(src),
+        AnySlice::F16(src) => arch.region(Widen { arch, src, dst }),
+        AnySlice::BF16(src) => arch.region(Widen { arch, src, dst }),
+    }
+}
+
+/// Rounds `src` to nearest even into `dst` (any type, as long).
+#[inline(always)]
+pub(crate) fn narrow<A: Arch>(arch: A, src: &[f32], dst: AnySliceMut<'_>) {
+    assert_eq!(src.len(), dst.len(), "a conversion keeps the length");
+    match dst {
+        AnySliceMut::F32(dst) => dst.copy_from_slice(src),
+        AnySliceMut::F16(dst) => arch.region(Narrow { arch, src, dst }),
+        AnySliceMut::BF16(dst) => arch.region(Narrow { arch, src, dst }),
+    }
+}
+
+/// A half-precision row into f32, in the token's region.
+struct Widen<'a, A, T> {
+    arch: A,
+    src: &'a [T],
+    dst: &'a mut [f32],
+}
+
+impl<A: Arch, T: Storage> Body for Widen<'_, A, T> {
+    type Output = ();
+    #[inline(always)]
+    fn call(self) {
+        let (arch, n) = (self.arch, self.src.len());
+        let (body, tail) = T::split::<A>(self.src);
+        let (out, out_tail) = A::Simd::as_mut_simd_f32s(self.dst);
+        let out = &mut out[..body.len()];
+        for (o, &v) in out.iter_mut().zip(body) {
+            *o = T::load(arch, v);
+        }
+        debug_assert_eq!(out_tail.len(), n - body.len() * A::Simd::F32_LANES);
+        arch.simd()
+            .partial_store_f32s(out_tail, T::load_partial(arch, tail));
+    }
+}
+
+/// An f32 row into half precision, in the token's region.
+struct Narrow<'a, A, T> {
+    arch: A,
+    src: &'a [f32],
+    dst: &'a mut [T],
+}
+
+impl<A: Arch, T: Storage> Body for Narrow<'_, A, T> {
+    type Output = ();
+    #[inline(always)]
+    fn call(self) {
+        let arch = self.arch;
+        let (body, tail) = T::split_mut::<A>(self.dst);
+        let (src, src_tail) = A::Simd::as_simd_f32s(self.src);
+        let src = &src[..body.len()];
+        for (o, &v) in body.iter_mut().zip(src) {
+            *o = T::store(arch, v);
+        }
+        T::store_partial(arch, tail, arch.simd().partial_load_f32s(src_tail));
+    }
+}
 
 /// A row of any storage type.
 #[derive(Clone, Copy, Debug)]

@@ -2,10 +2,13 @@
 //! emulated wide scalar tokens running the very same kernel bodies through the
 //! kernels crate, so 4-, 8- and 16-lane logic is exercised on any CPU.
 
-use softmax::{Algorithm, Element, Isa, Parallelism, Softmax, AUTO_ONLINE_FROM_COLS};
+use softmax::{
+    Algorithm, Element, Error, Isa, Parallelism, Rows, Sampler, Softmax, AUTO_ONLINE_FROM_COLS,
+};
 use softmax_kernels::arch::Portable;
 use softmax_kernels::{
-    AnySliceMut, Forward, Job, LogSumExp, Method, Output, Strided, StridedMut, Temperature,
+    AnySliceMut, Drawn, Forward, Job, LogSumExp, Method, Output, Sample, Strided, StridedMut,
+    Temperature,
 };
 
 /// Every algorithm, `Auto` first.
@@ -33,11 +36,15 @@ impl Backend {
     pub const EMULATED: [Backend; 3] = [Backend::Emu128, Backend::Emu256, Backend::Emu512];
 
     /// The backends that run here (available ISAs, then the emulated tokens),
-    /// and the ISAs this CPU lacks (each printed as `SKIPPED:`).
+    /// and the ISAs this CPU lacks (each printed as `SKIPPED:`). Under qemu
+    /// (aarch64) only the ISAs run: the emulated tokens are portable code
+    /// that the native run already covers, at a tenth of the cost.
     pub fn available() -> (Vec<Backend>, Vec<Isa>) {
         let (isas, skipped) = super::available_isas();
         let mut backends: Vec<Backend> = isas.into_iter().map(Backend::Isa).collect();
-        backends.extend(Backend::EMULATED);
+        if !super::EMULATED_TARGET {
+            backends.extend(Backend::EMULATED);
+        }
         (backends, skipped)
     }
 
@@ -70,11 +77,13 @@ impl Backend {
         }
     }
 
-    fn vectorize<J: Job>(self, job: J) -> J::Output {
+    /// Runs a kernel job on an emulated token, with the working space it asks for.
+    pub fn vectorize<J: Job>(self, job: J) -> J::Output {
+        let scratch = &mut vec![0.0f32; job.scratch_len()];
         match self {
-            Backend::Emu128 => job.run(Portable(pulp::Scalar128b)),
-            Backend::Emu256 => job.run(Portable(pulp::Scalar256b)),
-            Backend::Emu512 => job.run(Portable(pulp::Scalar512b)),
+            Backend::Emu128 => job.run(Portable(pulp::Scalar128b), scratch),
+            Backend::Emu256 => job.run(Portable(pulp::Scalar256b), scratch),
+            Backend::Emu512 => job.run(Portable(pulp::Scalar512b), scratch),
             Backend::Isa(isa) => unreachable!("{isa} runs through the public API"),
         }
     }
@@ -101,14 +110,12 @@ impl Backend {
             }
             _ => {
                 let n = y.len();
-                let mut scratch = vec![0.0f32; n + softmax_kernels::Stage::LEN];
                 self.vectorize(Forward {
                     output,
                     method: Self::method(algorithm, n),
                     temperature: Temperature::new(t),
                     x: x.map(|x| Strided::new(I::any(x), 1, n, n)),
                     y: StridedMut::new(O::any_mut(y), 1, n, n),
-                    scratch: &mut scratch,
                 });
             }
         }
@@ -132,6 +139,64 @@ impl Backend {
                 out[0]
             }
         }
+    }
+
+    /// `sampler`'s draws at `step` from rows of `cols` logits (row i from the
+    /// stream (seed, i, step)) into `tokens`, and, when `kept` is given, each
+    /// row's truncated log-probabilities into it (`rows × cols` values).
+    /// The public API's errors; nothing is written on an error.
+    pub fn sample<T: Element>(
+        self,
+        sampler: &Sampler,
+        x: &[T],
+        cols: usize,
+        step: u64,
+        tokens: &mut [usize],
+        kept: Option<&mut [f32]>,
+    ) -> Result<(), Error> {
+        let rows = Rows::contiguous(x, cols)?;
+        if let Backend::Isa(isa) = self {
+            let sampler = sampler.clone().isa(isa)?;
+            return match kept {
+                Some(kept) => {
+                    assert_eq!(rows.rows(), 1, "truncated_logprobs takes one row");
+                    sampler.truncated_logprobs(x, kept)?;
+                    sampler.sample_rows(rows, step, tokens)
+                }
+                None => sampler.sample_rows(rows, step, tokens),
+            };
+        }
+        let n = rows.rows();
+        if n > 0 && cols == 0 {
+            return Err(Error::EmptyRow);
+        }
+        let mut outcomes = vec![Drawn::NoFinite; n];
+        let mut staged = kept.as_ref().map(|k| vec![0.0f32; k.len()]);
+        self.vectorize(Sample {
+            options: sampler.kernel_options(step),
+            x: Strided::new(T::any(x), n, cols, cols),
+            first_row: 0,
+            out: &mut outcomes,
+            top: &mut [],
+            top_n: 0,
+            kept: staged.as_deref_mut(),
+        });
+        for (row, outcome) in outcomes.iter().enumerate() {
+            match *outcome {
+                Drawn::Token { .. } => {}
+                Drawn::Nan => return Err(Error::NanLogit { row }),
+                Drawn::NoFinite => return Err(Error::NoFiniteLogit { row }),
+            }
+        }
+        for (token, outcome) in tokens.iter_mut().zip(outcomes) {
+            if let Drawn::Token { index, .. } = outcome {
+                *token = index;
+            }
+        }
+        if let (Some(kept), Some(staged)) = (kept, staged) {
+            kept.copy_from_slice(&staged);
+        }
+        Ok(())
     }
 
     /// Every operation on `x`, each into a fresh buffer.

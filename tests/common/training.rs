@@ -205,15 +205,6 @@ fn softmax_options(isa: Isa, t: f32, parallelism: Parallelism) -> Softmax {
         .parallelism(parallelism)
 }
 
-fn run_job<J: Job>(backend: Backend, job: J) -> J::Output {
-    match backend {
-        Backend::Emu128 => job.run(Portable(pulp::Scalar128b)),
-        Backend::Emu256 => job.run(Portable(pulp::Scalar256b)),
-        Backend::Emu512 => job.run(Portable(pulp::Scalar512b)),
-        Backend::Isa(isa) => unreachable!("{isa} runs through the public API"),
-    }
-}
-
 fn rows<T: Element>(data: &[T], s: Shape) -> Rows<'_, T> {
     Rows::new(data, s.rows, s.cols, s.stride).unwrap()
 }
@@ -267,16 +258,13 @@ impl Backend {
             }
             _ => {
                 let (r, c, s) = (shape.rows, shape.cols, shape.stride);
-                run_job(
-                    self,
-                    Backward {
-                        output,
-                        temperature: Temperature::new(t),
-                        y: Strided::new(T::any(y), r, c, s),
-                        g: g.map(|g| Strided::new(T::any(g), r, c, s)),
-                        dx: StridedMut::new(T::any_mut(dx), r, c, s),
-                    },
-                );
+                self.vectorize(Backward {
+                    output,
+                    temperature: Temperature::new(t),
+                    y: Strided::new(T::any(y), r, c, s),
+                    g: g.map(|g| Strided::new(T::any(g), r, c, s)),
+                    dx: StridedMut::new(T::any_mut(dx), r, c, s),
+                });
             }
         }
     }
@@ -287,14 +275,11 @@ impl Backend {
             Backend::Isa(isa) => softmax_options(isa, t, Parallelism::Serial)
                 .softmax_jacobian(y, out)
                 .unwrap_or_else(|e| panic!("{isa}: a valid Jacobian call failed: {e}")),
-            _ => run_job(
-                self,
-                Jacobian {
-                    temperature: Temperature::new(t),
-                    y: T::any(y),
-                    out: O::any_mut(out),
-                },
-            ),
+            _ => self.vectorize(Jacobian {
+                temperature: Temperature::new(t),
+                y: T::any(y),
+                out: O::any_mut(out),
+            }),
         }
     }
 
@@ -362,16 +347,13 @@ impl Backend {
                     },
                     grad_scale: cfg.scale(denominator),
                 };
-                let sum = run_job(
-                    self,
-                    softmax_kernels::CrossEntropy {
-                        options,
-                        targets,
-                        x: x.map(|x| Strided::new(T::any(x), r, c, s)),
-                        grad: grad.map(|g| StridedMut::new(T::any_mut(g), r, c, s)),
-                        losses: losses.map(|l| &mut l[..r]),
-                    },
-                );
+                let sum = self.vectorize(softmax_kernels::CrossEntropy {
+                    options,
+                    targets,
+                    x: x.map(|x| Strided::new(T::any(x), r, c, s)),
+                    grad: grad.map(|g| StridedMut::new(T::any_mut(g), r, c, s)),
+                    losses: losses.map(|l| &mut l[..r]),
+                });
                 cfg.reduce(sum, denominator) as f32
             }
         }
