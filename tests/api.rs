@@ -1,7 +1,7 @@
 //! The public surface: ISA detection and naming, the options and their
 //! defaults, the free functions, and the `Auto` algorithm's switch point.
 
-mod common;
+use crate::common;
 
 use common::{Rng, Values, ALGORITHMS};
 use softmax::{Algorithm, Isa, Parallelism, Softmax, AUTO_ONLINE_FROM_COLS};

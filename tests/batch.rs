@@ -7,7 +7,7 @@
 //! - the padding between rows (stride > cols) and past the last row is never
 //!   written, and an out-of-place input is never written.
 
-mod common;
+use crate::common;
 
 use common::inputs::SENTINEL;
 use common::{Rng, Values, ALGORITHMS};

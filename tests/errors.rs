@@ -2,7 +2,7 @@
 //! names them, and the output buffer left exactly as it was (compared bitwise
 //! against a sentinel fill).
 
-mod common;
+use crate::common;
 
 use common::inputs::SENTINEL;
 use softmax::{Error, Isa, Rows, RowsMut, Softmax};

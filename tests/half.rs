@@ -15,7 +15,7 @@
 //!    payloads, exact ties) and the sums that half-precision accumulation gets
 //!    wrong (a 4096-element f16 row; a bf16 sum stuck at 256; 2^20 elements).
 
-mod common;
+use crate::common;
 
 use common::{for_each_backend, reference, Backend, Rng, Values, ALGORITHMS, EMULATED_TARGET};
 use softmax::half::{bf16, f16};

@@ -9,7 +9,7 @@
 //! error table (max |error| / bound per backend, algorithm and operation); run
 //! with `--nocapture` to see them.
 
-mod common;
+use crate::common;
 
 use common::{check_row, reference, Backend, Label, Rng, Sweep, Values, ALGORITHMS};
 

@@ -10,7 +10,7 @@
 //! "=" is within the accuracy bound of the common module, against the f64
 //! reference of the row.
 
-mod common;
+use crate::common;
 
 use common::bounds::{log_softmax_bound, logsumexp_bound, softmax_bound, SUM_BOUND};
 use common::oracle::sum_f64;

@@ -28,14 +28,14 @@
 // Element-wise comparisons index several parallel rows at once.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+use crate::common;
 
 use common::sampling::{
     biased, chi_square, gamma_q, kept_set, ln_gamma, max_of, probabilities, reference_draw, Cuts,
     KeptReference, Options,
 };
 use common::training::Narrow;
-use common::{for_each_isa, Rng, EMULATED_TARGET};
+use common::{for_each_isa, print_coverage, Backend, Rng, EMULATED_TARGET};
 use softmax::half::{bf16, f16};
 use softmax::{
     gumbel_max, Draw, Element, Error, GumbelSoftmax, Isa, Parallelism, Rows, RowsMut, Sampler,
@@ -434,6 +434,7 @@ fn draws_follow_the_random_stream() {
     // the SIMD per-block sums (f32 lanes), so there it may differ near a
     // boundary at the 1e-6 level: counted, and bounded.
     let mut rng = Rng::new(21);
+    let (backends, skipped) = Backend::available();
     let (mut checked, mut near, mut full_row, mut full_row_differ) = (0, 0, 0, 0);
     let rows = if EMULATED_TARGET { 60 } else { 300 };
     for case in 0..rows {
@@ -451,33 +452,44 @@ fn draws_follow_the_random_stream() {
                 continue;
             }
             let sampler = o.sampler(case as u64);
-            let mut kept = vec![0.0f32; n];
-            sampler.truncated_logprobs(&row, &mut kept).unwrap();
-            let keep: Vec<bool> = kept.iter().map(|&k| k > f32::NEG_INFINITY).collect();
             let step = rng.below(1000) as u64;
-            let mut tokens = [0usize; 3];
-            sampler
-                .sample_rows(Rows::contiguous(&batch, n).unwrap(), step, &mut tokens)
-                .unwrap();
-            for (r, &token) in tokens.iter().enumerate() {
-                let stream = Stream::new(case as u64, r as u64, step);
-                let (want, close) = reference_draw(&v, &keep, o.t, o.draw, stream);
-                let what = format!("case {case} {kind:?} n {n} [{}] row {r}", o.name());
-                assert!(keep[token], "{what}: drew {token}, which truncation drops");
-                checked += 1;
-                if close {
-                    near += 1;
-                    continue;
-                }
-                if o.draw == Draw::InverseCdf && !o.truncates(n) {
-                    full_row += 1;
-                    full_row_differ += (token != want) as usize;
-                } else {
-                    assert_eq!(token, want, "{what}: not the documented draw");
+            for &backend in &backends {
+                let mut kept = vec![0.0f32; n];
+                let mut first = [0usize];
+                backend
+                    .sample(&sampler, &row, n, 0, &mut first, Some(&mut kept))
+                    .unwrap();
+                let keep: Vec<bool> = kept.iter().map(|&k| k > f32::NEG_INFINITY).collect();
+                let mut tokens = [0usize; 3];
+                backend
+                    .sample(&sampler, &batch, n, step, &mut tokens, None)
+                    .unwrap();
+                for (r, &token) in tokens.iter().enumerate() {
+                    let stream = Stream::new(case as u64, r as u64, step);
+                    let (want, close) = reference_draw(&v, &keep, o.t, o.draw, stream);
+                    let what = format!(
+                        "{} case {case} {kind:?} n {n} [{}] row {r}",
+                        backend.name(),
+                        o.name()
+                    );
+                    assert!(keep[token], "{what}: drew {token}, which truncation drops");
+                    checked += 1;
+                    if close {
+                        near += 1;
+                        continue;
+                    }
+                    if o.draw == Draw::InverseCdf && !o.truncates(n) {
+                        full_row += 1;
+                        full_row_differ += (token != want) as usize;
+                    } else {
+                        assert_eq!(token, want, "{what}: not the documented draw");
+                    }
                 }
             }
         }
     }
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    print_coverage("draws_follow_the_random_stream", &names, &skipped);
     eprintln!(
         "draws checked against the stream: {checked} ({near} within 1e-9 of a boundary, skipped); \
          full-row inverse CDF: {full_row_differ} of {full_row} differ"
@@ -502,10 +514,10 @@ struct KeptStats {
     max_error: f64,
 }
 
-/// Every config on one row, for every ISA, with element type T.
+/// Every config on one row, for every backend, with element type T.
 fn check_kept_row<T: Narrow>(
     stats: &mut KeptStats,
-    isas: &[Isa],
+    backends: &[Backend],
     rng: &mut Rng,
     kind: Kind,
     row: &[f32],
@@ -516,11 +528,17 @@ fn check_kept_row<T: Narrow>(
     for o in row_configs(rng, n) {
         let v = biased(&x, &o.bias);
         let reference = KeptReference::new(&v, &o);
-        for &isa in isas {
-            let what = format!("{isa} {} {kind:?} n {n} [{}]", T::NAME, o.name());
-            let sampler = o.sampler(1).isa(isa).unwrap();
+        let sampler = o.sampler(1);
+        for &backend in backends {
+            let what = format!(
+                "{} {} {kind:?} n {n} [{}]",
+                backend.name(),
+                T::NAME,
+                o.name()
+            );
             let mut out = vec![7.0f32; n];
-            let result = sampler.truncated_logprobs(&xt, &mut out);
+            let mut token = [0usize];
+            let result = backend.sample(&sampler, &xt, n, 0, &mut token, Some(&mut out));
             let Some(reference) = &reference else {
                 assert_eq!(result, Err(Error::NoFiniteLogit { row: 0 }), "{what}");
                 assert!(out.iter().all(|&o| o == 7.0), "{what}: output written");
@@ -540,7 +558,7 @@ fn check_kept_row<T: Narrow>(
 }
 
 fn kept_sweep<T: Narrow>(lengths: &[usize], seed: u64) {
-    let isas = Isa::available();
+    let (backends, skipped) = Backend::available();
     let mut stats = KeptStats {
         rows: 0,
         ambiguous: 0,
@@ -551,10 +569,12 @@ fn kept_sweep<T: Narrow>(lengths: &[usize], seed: u64) {
     for &n in lengths {
         for kind in Kind::ALL {
             let row = kind.row(&mut rng, n);
-            check_kept_row::<T>(&mut stats, &isas, &mut rng, kind, &row);
+            check_kept_row::<T>(&mut stats, &backends, &mut rng, kind, &row);
         }
     }
-    let names: Vec<&str> = isas.iter().map(|i| i.name()).collect();
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let test = format!("truncated_logprobs {}", T::NAME);
+    print_coverage(&test, &names, &skipped);
     eprintln!(
         "truncated_logprobs {} lengths {}..={} on {}: {} checks, {} near a top-p/min-p cut \
          (either neighbouring set accepted; {} took the neighbour), max relative error {:.2e}",

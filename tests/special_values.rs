@@ -12,7 +12,7 @@
 //! Rows that follow a rule (not the formula) must give bit-identical results on
 //! every backend and algorithm.
 
-mod common;
+use crate::common;
 
 use common::{check_row, reference, Backend, Label, Rng, RowKind, Sweep, Values, ALGORITHMS};
 use softmax::{Isa, Parallelism, RowsMut, Softmax};

@@ -17,7 +17,7 @@
 // Element-wise comparisons index several parallel rows at once.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+use crate::common;
 
 use common::training::{
     backward_reference, loss_reference, softmax_f64, LossConfig, Narrow, Shape, Table, Target,

@@ -11,9 +11,6 @@
 //! An ISA this CPU lacks is printed as `SKIPPED: <isa> not available on this CPU`
 //! and never counted as run.
 
-// Each test binary compiles this module on its own and uses a different part of it.
-#![allow(dead_code, unused_imports)]
-
 pub mod backend;
 pub mod bounds;
 pub mod check;
@@ -22,10 +19,10 @@ pub mod oracle;
 pub mod sampling;
 pub mod training;
 
-pub use backend::{Backend, Op, Outputs, ALGORITHMS};
+pub use backend::{Backend, ALGORITHMS};
 pub use check::{check_row, Label, Sweep};
 pub use inputs::{Guarded, Rng, Values};
-pub use oracle::{reference, Reference, RowKind};
+pub use oracle::{reference, RowKind};
 
 use softmax::Isa;
 

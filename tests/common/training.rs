@@ -32,9 +32,8 @@ use super::bounds::{logsumexp_bound, softmax_bound, temperature_factor, U};
 use super::oracle::{reference, sum_f64, Reference, RowKind};
 use softmax::half::{bf16, f16};
 use softmax::{CrossEntropy, Element, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax};
-use softmax_kernels::arch::Portable;
 use softmax_kernels::{
-    Backward, Jacobian, Job, Labels, LossOptions, Output, Strided, StridedMut, Targets, Temperature,
+    Backward, Jacobian, Labels, LossOptions, Output, Strided, StridedMut, Targets, Temperature,
 };
 use std::collections::BTreeMap;
 
@@ -55,14 +54,6 @@ impl Shape {
             rows: 1,
             cols,
             stride: cols,
-        }
-    }
-
-    /// Elements a buffer of this shape needs.
-    pub fn len(&self) -> usize {
-        match self.rows {
-            0 => 0,
-            r => (r - 1) * self.stride + self.cols,
         }
     }
 
@@ -367,7 +358,6 @@ pub trait Narrow: Element + std::fmt::Debug + PartialEq {
     const MANTISSA: i32;
     const MIN_EXP: i32;
     fn from_f32(x: f32) -> Self;
-    fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     fn to_f32(self) -> f32 {
         self.to_f64() as f32
@@ -390,9 +380,6 @@ impl Narrow for f32 {
     fn from_f32(x: f32) -> Self {
         x
     }
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
     fn to_f64(self) -> f64 {
         self as f64
     }
@@ -405,9 +392,6 @@ impl Narrow for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
-    fn from_f64(x: f64) -> Self {
-        f16::from_f64(x)
-    }
     fn to_f64(self) -> f64 {
         f16::to_f64(self)
     }
@@ -419,9 +403,6 @@ impl Narrow for bf16 {
     const MIN_EXP: i32 = -126;
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
-    }
-    fn from_f64(x: f64) -> Self {
-        bf16::from_f64(x)
     }
     fn to_f64(self) -> f64 {
         bf16::to_f64(self)
