@@ -51,6 +51,8 @@
 //! `cargo bench --bench softmax -- training` the training ones;
 //! `cargo bench --bench softmax -- sampling` the sampling one.
 
+#![forbid(unsafe_code)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::{measurement::WallTime, SamplingMode};
 use softmax::half::{bf16, f16};

@@ -34,6 +34,8 @@
 //! Only std, rayon, pulp and half (dependencies of the crate itself) are used, so
 //! the report builds without dev-dependencies: flags, CSV, JSON and SVG are by hand.
 
+#![forbid(unsafe_code)]
+
 #[allow(dead_code)]
 mod baselines;
 mod sampling;
