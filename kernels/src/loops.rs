@@ -585,115 +585,76 @@ impl<A: Arch, M: Load<A, In = F32s<A>>, S: Load<A, In = F32s<A>>> Load<A> for Pa
 /// Reads through `L`, writes through `W` (out of place, or nowhere).
 struct Split<L, W>(L, W);
 
-/// Reads (w, side) pairs and overwrites `w`.
-struct WithSide<'a, A: Arch>(RowMut<'a, A>, Row<'a, A>);
-
-/// What [`drive`] runs over: loads and stores in one value, so that a row
-/// read and written in place is a single borrow.
-trait Lanes<A: Arch> {
-    type In: Copy;
-    fn counts(&self) -> (usize, usize, usize);
-    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
-    fn load_vector(&self, arch: A, j: usize) -> Self::In;
-    fn load_tail(&self, arch: A, fill: f32) -> Self::In;
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
-    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>);
-    fn store_tail(&mut self, arch: A, v: F32s<A>);
-}
-
-impl<A: Arch, L: Load<A>, W: Store<A>> Lanes<A> for Split<L, W> {
+impl<A: Arch, L: Load<A>, W> Load<A> for Split<L, W> {
     type In = L::In;
     #[inline(always)]
     fn counts(&self) -> (usize, usize, usize) {
         self.0.counts()
     }
     #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [L::In; UNROLL] {
+    fn block(&self, arch: A, i: usize) -> [L::In; UNROLL] {
         self.0.block(arch, i)
     }
     #[inline(always)]
-    fn load_vector(&self, arch: A, j: usize) -> L::In {
+    fn vector(&self, arch: A, j: usize) -> L::In {
         self.0.vector(arch, j)
     }
     #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> L::In {
+    fn tail(&self, arch: A, fill: f32) -> L::In {
         self.0.tail(arch, fill)
     }
+}
+
+impl<A: Arch, L, W: Store<A>> Store<A> for Split<L, W> {
     #[inline(always)]
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+    fn block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
         self.1.block(arch, i, v)
     }
     #[inline(always)]
-    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>) {
+    fn vector(&mut self, arch: A, j: usize, v: F32s<A>) {
         self.1.vector(arch, j, v)
     }
     #[inline(always)]
-    fn store_tail(&mut self, arch: A, v: F32s<A>) {
+    fn tail(&mut self, arch: A, v: F32s<A>) {
         self.1.tail(arch, v)
     }
 }
 
-/// In place: the row is both the load and the store.
-impl<A: Arch> Lanes<A> for RowMut<'_, A> {
-    type In = F32s<A>;
-    #[inline(always)]
-    fn counts(&self) -> (usize, usize, usize) {
-        Load::counts(self)
-    }
-    #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [F32s<A>; UNROLL] {
-        Load::block(self, arch, i)
-    }
-    #[inline(always)]
-    fn load_vector(&self, arch: A, j: usize) -> F32s<A> {
-        Load::vector(self, arch, j)
-    }
-    #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> F32s<A> {
-        Load::tail(self, arch, fill)
-    }
-    #[inline(always)]
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
-        Store::block(self, arch, i, v)
-    }
-    #[inline(always)]
-    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>) {
-        Store::vector(self, arch, j, v)
-    }
-    #[inline(always)]
-    fn store_tail(&mut self, arch: A, v: F32s<A>) {
-        Store::tail(self, arch, v)
-    }
-}
+/// Reads (w, side) pairs and overwrites `w`: in place with a side row, a
+/// single borrow of `w` for both its loads and its stores.
+struct WithSide<'a, A: Arch>(RowMut<'a, A>, Row<'a, A>);
 
-impl<A: Arch> Lanes<A> for WithSide<'_, A> {
+impl<A: Arch> Load<A> for WithSide<'_, A> {
     type In = (F32s<A>, F32s<A>);
     #[inline(always)]
     fn counts(&self) -> (usize, usize, usize) {
         Load::counts(&self.0)
     }
     #[inline(always)]
-    fn load_block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
+    fn block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
         zip(Load::block(&self.0, arch, i), self.1.block(arch, i))
     }
     #[inline(always)]
-    fn load_vector(&self, arch: A, j: usize) -> Self::In {
+    fn vector(&self, arch: A, j: usize) -> Self::In {
         (Load::vector(&self.0, arch, j), self.1.vector(arch, j))
     }
     #[inline(always)]
-    fn load_tail(&self, arch: A, fill: f32) -> Self::In {
+    fn tail(&self, arch: A, fill: f32) -> Self::In {
         (Load::tail(&self.0, arch, fill), self.1.tail(arch, fill))
     }
+}
+
+impl<A: Arch> Store<A> for WithSide<'_, A> {
     #[inline(always)]
-    fn store_block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
+    fn block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
         Store::block(&mut self.0, arch, i, v)
     }
     #[inline(always)]
-    fn store_vector(&mut self, arch: A, j: usize, v: F32s<A>) {
+    fn vector(&mut self, arch: A, j: usize, v: F32s<A>) {
         Store::vector(&mut self.0, arch, j, v)
     }
     #[inline(always)]
-    fn store_tail(&mut self, arch: A, v: F32s<A>) {
+    fn tail(&mut self, arch: A, v: F32s<A>) {
         Store::tail(&mut self.0, arch, v)
     }
 }
@@ -705,7 +666,12 @@ struct Pass<'k, A, K, L> {
     lanes: L,
 }
 
-impl<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>> Body for Pass<'_, A, K, L> {
+impl<A, L, K> Body for Pass<'_, A, K, L>
+where
+    A: Arch,
+    L: Load<A> + Store<A>,
+    K: Kernel<A::Simd, L::In>,
+{
     type Output = ();
     #[inline(always)]
     fn call(self) {
@@ -714,7 +680,12 @@ impl<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>> Body for Pass<'_, A, K, L>
 }
 
 #[inline(always)]
-fn pass<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, lanes: L) {
+fn pass<A, L, K>(arch: A, kernel: &mut K, lanes: L)
+where
+    A: Arch,
+    L: Load<A> + Store<A>,
+    K: Kernel<A::Simd, L::In>,
+{
     arch.region(Pass {
         arch,
         kernel,
@@ -724,19 +695,24 @@ fn pass<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K
 
 /// The loop: unrolled blocks, the vectors left over, the masked tail.
 #[inline(always)]
-fn drive<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut K, mut lanes: L) {
+fn drive<A, L, K>(arch: A, kernel: &mut K, mut lanes: L)
+where
+    A: Arch,
+    L: Load<A> + Store<A>,
+    K: Kernel<A::Simd, L::In>,
+{
     let simd = arch.simd();
     let init = kernel.init(simd);
     let mut acc = [init; UNROLL];
-    let (blocks, rest, tail_len) = lanes.counts();
+    let (blocks, rest, tail_len) = Load::counts(&lanes);
     let mut since_flush = 0usize;
     for i in 0..blocks {
-        let x = lanes.load_block(arch, i);
+        let x = Load::block(&lanes, arch, i);
         let mut y = [simd.splat_f32s(0.0); UNROLL];
         for j in 0..UNROLL {
             (acc[j], y[j]) = kernel.step(simd, acc[j], x[j]);
         }
-        lanes.store_block(arch, i, y);
+        Store::block(&mut lanes, arch, i, y);
         since_flush += 1;
         if since_flush == K::FLUSH_STEPS {
             since_flush = 0;
@@ -746,15 +722,15 @@ fn drive<A: Arch, L: Lanes<A>, K: Kernel<A::Simd, L::In>>(arch: A, kernel: &mut 
         }
     }
     for (j, a) in acc.iter_mut().enumerate().take(rest) {
-        let (next, y) = kernel.step(simd, *a, lanes.load_vector(arch, j));
+        let (next, y) = kernel.step(simd, *a, Load::vector(&lanes, arch, j));
         *a = next;
-        lanes.store_vector(arch, j, y);
+        Store::vector(&mut lanes, arch, j, y);
     }
     if tail_len > 0 {
-        let x = lanes.load_tail(arch, kernel.fill());
+        let x = Load::tail(&lanes, arch, kernel.fill());
         let (next, y) = kernel.step_tail(simd, acc[UNROLL - 1], x, tail_len);
         acc[UNROLL - 1] = next;
-        lanes.store_tail(arch, y);
+        Store::tail(&mut lanes, arch, y);
     }
     // Nothing stepped since the last flush (a row, or chunk, of whole flush
     // periods): flushing the neutral accumulators would change nothing, except
