@@ -298,11 +298,7 @@ impl Forward<'_> {
     fn scratch_parts(&self) -> (usize, usize, usize) {
         let stage = stage_len(&[self.input_kind(), self.y.kind()]);
         let cols = self.y.cols();
-        let widened = if rereads(self.method, self.input_kind()) {
-            cols
-        } else {
-            0
-        };
+        let widened = widened_len(self.method, self.input_kind(), cols);
         let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
         let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
             cols
@@ -320,6 +316,16 @@ impl Forward<'_> {
 #[inline(always)]
 fn rereads(method: Method, kind: Kind) -> bool {
     kind != Kind::F32 && method != Method::Online
+}
+
+/// The scratch a row of `cols` elements of this kind needs for its f32 copy.
+#[inline(always)]
+fn widened_len(method: Method, kind: Kind, cols: usize) -> usize {
+    if rereads(method, kind) {
+        cols
+    } else {
+        0
+    }
 }
 
 /// `x` widened into the front of `space`.
@@ -387,12 +393,7 @@ impl Job for LogSumExp<'_> {
 
     fn scratch_len(&self) -> usize {
         let kind = self.x.kind();
-        let widened = if rereads(self.method, kind) {
-            self.x.cols
-        } else {
-            0
-        };
-        stage_len(&[kind]) + widened
+        stage_len(&[kind]) + widened_len(self.method, kind, self.x.cols)
     }
 
     #[inline(always)]
@@ -400,9 +401,10 @@ impl Job for LogSumExp<'_> {
         assert!(self.out.len() >= self.x.rows, "one output per row");
         let (stage, space) = scratch.split_at_mut(stage_len(&[self.x.kind()]));
         let mut stage = Stage::new(stage);
+        let (method, t) = (self.method, self.temperature);
+        let widen = rereads(method, self.x.kind());
         for i in 0..self.x.rows {
-            let (method, t) = (self.method, self.temperature);
-            let xi = match rereads(method, self.x.kind()) {
+            let xi = match widen {
                 true => widen_into(arch, self.x.row(i), space),
                 false => self.x.row(i),
             };

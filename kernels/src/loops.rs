@@ -295,9 +295,8 @@ pub(crate) fn run_pair<A: Arch, K: Kernel<A::Simd, (F32s<A>, F32s<A>)>>(
         PairIo::InPlace(AnySliceMut::F32(y), AnySlice::F32(s)) => {
             update_pair_f32(arch, kernel, y, s)
         }
-        io => pair_staged(arch, io, stage, &mut |chunk| match chunk {
-            PairChunk::Read(..) => unreachable!("a pass that writes reads nothing alone"),
-            PairChunk::InPlace(y, s) => update_pair_f32(arch, kernel, y, s),
+        io => pair_staged(arch, io, stage, &mut |y, s| {
+            update_pair_f32(arch, kernel, y, s)
         }),
     }
 }
@@ -313,9 +312,8 @@ pub(crate) fn read_pair<A: Arch, K: Kernel<A::Simd, (F32s<A>, F32s<A>)>>(
 ) {
     match (main, side) {
         (AnySlice::F32(m), AnySlice::F32(s)) => read_pair_f32(arch, kernel, m, s),
-        (m, s) => pair_staged(arch, PairIo::Read(m, s), stage, &mut |chunk| match chunk {
-            PairChunk::Read(m, s) => read_pair_f32(arch, kernel, m, s),
-            PairChunk::InPlace(..) => unreachable!("a reduction writes nothing"),
+        (m, s) => pair_staged(arch, PairIo::Read(m, s), stage, &mut |m, s| {
+            read_pair_f32(arch, kernel, m, s)
         }),
     }
 }
@@ -357,23 +355,18 @@ where
     pass(arch, kernel, WithSide(w, side))
 }
 
-/// An f32 chunk of paired rows a staged pass runs on.
-enum PairChunk<'a> {
-    Read(&'a [f32], &'a [f32]),
-    /// (main, written in place; side)
-    InPlace(&'a mut [f32], &'a [f32]),
-}
-
 /// [`run_pair`] with a half-precision row: each chunk of the main row is
 /// widened into the stage and the pass runs on it there (in place when it
 /// writes, then rounded into the output); a half side row is widened into
-/// the stage's other half. One copy per ISA, like [`read_staged`].
+/// the stage's other half. `pass` gets the (main, side) chunk in f32; what
+/// it writes into main is rounded into the output, when there is one. One
+/// copy per ISA, like [`read_staged`].
 #[inline(never)]
 fn pair_staged<A: Arch>(
     arch: A,
     io: PairIo<'_>,
     stage: &mut Stage<'_>,
-    pass: &mut dyn FnMut(PairChunk<'_>),
+    pass: &mut dyn FnMut(&mut [f32], &[f32]),
 ) {
     let (main, side, mut out) = match io {
         PairIo::Read(m, s) => (Some(m), s, None),
@@ -403,12 +396,9 @@ fn pair_staged<A: Arch>(
                 ss
             }
         };
-        match out.as_mut() {
-            None => pass(PairChunk::Read(ms, ss)),
-            Some(y) => {
-                pass(PairChunk::InPlace(ms, ss));
-                narrow(arch, ms, y.reborrow().into_slice(a..b));
-            }
+        pass(ms, ss);
+        if let Some(y) = out.as_mut() {
+            narrow(arch, ms, y.reborrow().into_slice(a..b));
         }
     }
 }
