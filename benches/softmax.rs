@@ -427,51 +427,26 @@ fn by_threads(c: &mut Criterion) {
 
 // ------------------------------------------------------------------ element types
 
-/// The element types benched, with conversions through f32 and the check each
-/// output type must pass.
+/// The check each output type must pass.
 trait Dtype: Element {
-    const NAME: &'static str;
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
     /// |got − want| within one unit in the last place of this type, relative
     /// down to 2^-14 and absolute below (f32: the crate's TOLERANCE).
     fn close(got: f32, want: f32) -> bool;
 }
 
 impl Dtype for f32 {
-    const NAME: &'static str = "f32";
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
     fn close(got: f32, want: f32) -> bool {
         (got - want).abs() <= TOLERANCE * want.abs().max(1.0)
     }
 }
 
 impl Dtype for f16 {
-    const NAME: &'static str = "f16";
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
     fn close(got: f32, want: f32) -> bool {
         (got - want).abs() <= 2f32.powi(-10) * want.abs().max(2f32.powi(-14))
     }
 }
 
 impl Dtype for bf16 {
-    const NAME: &'static str = "bf16";
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
     fn close(got: f32, want: f32) -> bool {
         (got - want).abs() <= 2f32.powi(-7) * want.abs().max(2f32.powi(-14))
     }

@@ -26,9 +26,6 @@ use std::fmt::Debug;
 
 /// An element type as the tests see it.
 trait Ty: Element + Debug + PartialEq + Default {
-    const NAME: &'static str;
-    /// Round to nearest even (as the kernels store).
-    fn from_f32(x: f32) -> Self;
     /// The correctly rounded value of `x` (one rounding from f64).
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -40,10 +37,6 @@ trait Ty: Element + Debug + PartialEq + Default {
 }
 
 impl Ty for f32 {
-    const NAME: &'static str = "f32";
-    fn from_f32(x: f32) -> Self {
-        x
-    }
     fn from_f64(x: f64) -> Self {
         x as f32
     }
@@ -61,12 +54,8 @@ impl Ty for f32 {
 }
 
 macro_rules! half_ty {
-    ($t:ty, $name:literal) => {
+    ($t:ty) => {
         impl Ty for $t {
-            const NAME: &'static str = $name;
-            fn from_f32(x: f32) -> Self {
-                <$t>::from_f32(x)
-            }
             /// `half`'s own `from_f64` goes through f32 on some targets and
             /// can round twice; this settles the neighbours by their midpoints.
             fn from_f64(x: f64) -> Self {
@@ -104,8 +93,8 @@ macro_rules! half_ty {
     };
 }
 
-half_ty!(f16, "f16");
-half_ty!(bf16, "bf16");
+half_ty!(f16);
+half_ty!(bf16);
 
 fn convert<I: Ty, O: Ty>(x: &[I]) -> Vec<O> {
     x.iter().map(|v| O::from_f32(v.to_f64() as f32)).collect()

@@ -353,14 +353,11 @@ impl Backend {
 
 /// The element types as the tests see them.
 pub trait Narrow: Element + std::fmt::Debug + PartialEq {
-    const NAME: &'static str;
     /// Significand bits after the point, and the smallest normal exponent.
     const MANTISSA: i32;
     const MIN_EXP: i32;
-    fn from_f32(x: f32) -> Self;
-    fn to_f64(self) -> f64;
-    fn to_f32(self) -> f32 {
-        self.to_f64() as f32
+    fn to_f64(self) -> f64 {
+        self.to_f32() as f64
     }
     /// The spacing of this type's values at |x| (the subnormal spacing below the normal range).
     fn ulp(x: f64) -> f64 {
@@ -374,39 +371,18 @@ pub trait Narrow: Element + std::fmt::Debug + PartialEq {
 }
 
 impl Narrow for f32 {
-    const NAME: &'static str = "f32";
     const MANTISSA: i32 = 23;
     const MIN_EXP: i32 = -126;
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
 }
 
 impl Narrow for f16 {
-    const NAME: &'static str = "f16";
     const MANTISSA: i32 = 10;
     const MIN_EXP: i32 = -14;
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f64(self) -> f64 {
-        f16::to_f64(self)
-    }
 }
 
 impl Narrow for bf16 {
-    const NAME: &'static str = "bf16";
     const MANTISSA: i32 = 7;
     const MIN_EXP: i32 = -126;
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to_f64(self) -> f64 {
-        bf16::to_f64(self)
-    }
 }
 
 /// The exact backward pass of one row, from the f32 (or widened) inputs.

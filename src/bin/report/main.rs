@@ -251,42 +251,21 @@ impl Dtype {
     }
 }
 
-/// The element types the report stores, with conversions through f32
-/// (`softmax::Element` keeps its own hidden).
+/// The element types the report stores, with the report's name for each.
 trait Storage: Element {
     const DTYPE: Dtype;
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
 }
 
 impl Storage for f32 {
     const DTYPE: Dtype = Dtype::F32;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
 }
 
 impl Storage for f16 {
     const DTYPE: Dtype = Dtype::F16;
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
 }
 
 impl Storage for bf16 {
     const DTYPE: Dtype = Dtype::Bf16;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
 }
 
 /// Input and output element types of a call.
