@@ -4,9 +4,7 @@
 use crate::dispatch;
 use crate::Isa;
 use rayon::ThreadPool;
-use softmax_kernels::{
-    Backward, CrossEntropy, Forward, Job, LogSumExp, Sample, Strided, StridedMut,
-};
+use softmax_kernels::{Batch, Job};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -28,51 +26,6 @@ pub enum Parallelism {
     Pool(Arc<ThreadPool>),
 }
 
-/// Row-indexed data that can be cut after its first `k` rows.
-trait SplitRows: Sized {
-    fn split_rows(self, k: usize) -> (Self, Self);
-}
-
-impl SplitRows for Strided<'_> {
-    fn split_rows(self, k: usize) -> (Self, Self) {
-        self.split_at(k)
-    }
-}
-
-impl SplitRows for StridedMut<'_> {
-    fn split_rows(self, k: usize) -> (Self, Self) {
-        self.split_at(k)
-    }
-}
-
-/// One value per row.
-impl SplitRows for &mut [f32] {
-    fn split_rows(self, k: usize) -> (Self, Self) {
-        let k = k.min(self.len());
-        self.split_at_mut(k)
-    }
-}
-
-impl<T: SplitRows> SplitRows for Option<T> {
-    fn split_rows(self, k: usize) -> (Self, Self) {
-        match self {
-            Some(v) => {
-                let (a, b) = v.split_rows(k);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        }
-    }
-}
-
-/// A kernel job that can be cut between rows; the parts' results combine
-/// into the whole's.
-pub(crate) trait Batch: Job<Output: Send> + Sized + Send {
-    fn rows(&self) -> usize;
-    fn split_at(self, k: usize) -> (Self, Self);
-    fn combine(a: Self::Output, b: Self::Output) -> Self::Output;
-}
-
 /// Runs `job` on this thread, with its working space.
 pub(crate) fn run_here<J: Job>(job: J, isa: Isa) -> J::Output {
     match job.scratch_len() {
@@ -81,85 +34,15 @@ pub(crate) fn run_here<J: Job>(job: J, isa: Isa) -> J::Output {
     }
 }
 
-impl Batch for Forward<'_> {
-    fn combine(_: (), _: ()) {}
-    fn rows(&self) -> usize {
-        self.y.rows()
-    }
-    fn split_at(self, k: usize) -> (Self, Self) {
-        let (xa, xb) = self.x.split_rows(k);
-        let (ya, yb) = self.y.split_at(k);
-        let half = |x, y| Forward { x, y, ..self };
-        (half(xa, ya), half(xb, yb))
-    }
-}
-
-impl Batch for LogSumExp<'_> {
-    fn combine(_: (), _: ()) {}
-    fn rows(&self) -> usize {
-        self.x.rows()
-    }
-    fn split_at(self, k: usize) -> (Self, Self) {
-        let (xa, xb) = self.x.split_at(k);
-        let (oa, ob) = self.out.split_at(xa.rows());
-        let half = |x, out| LogSumExp { x, out, ..self };
-        (half(xa, oa), half(xb, ob))
-    }
-}
-
-impl Batch for Backward<'_> {
-    fn combine(_: (), _: ()) {}
-    fn rows(&self) -> usize {
-        self.dx.rows()
-    }
-    fn split_at(self, k: usize) -> (Self, Self) {
-        let (ya, yb) = self.y.split_at(k);
-        let (ga, gb) = self.g.split_rows(k);
-        let (da, db) = self.dx.split_at(k);
-        let half = |y, g, dx| Backward { y, g, dx, ..self };
-        (half(ya, ga, da), half(yb, gb, db))
-    }
-}
-
-impl Batch for CrossEntropy<'_> {
-    /// The sum of the row losses.
-    fn combine(a: f64, b: f64) -> f64 {
-        a + b
-    }
-    fn rows(&self) -> usize {
-        CrossEntropy::rows(self)
-    }
-    fn split_at(self, k: usize) -> (Self, Self) {
-        let (xa, xb) = self.x.split_rows(k);
-        let (ga, gb) = self.grad.split_rows(k);
-        let (ta, tb) = self.targets.split_at(k);
-        let (la, lb) = self.losses.split_rows(k);
-        let options = self.options;
-        let part = |x, grad, targets, losses| CrossEntropy {
-            options,
-            targets,
-            x,
-            grad,
-            losses,
-        };
-        (part(xa, ga, ta, la), part(xb, gb, tb, lb))
-    }
-}
-
-impl Batch for Sample<'_> {
-    fn combine(_: (), _: ()) {}
-    fn rows(&self) -> usize {
-        self.x.rows()
-    }
-    fn split_at(self, k: usize) -> (Self, Self) {
-        Sample::split_at(self, k)
-    }
-}
-
 /// Runs `job` (rows of `cols` elements) as `parallelism` says. Rows are cut
 /// into the same tasks whether they run on a pool or not, so combined results
 /// (sums over rows) do not depend on the parallelism or the thread count.
-pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Parallelism) -> J::Output {
+pub(crate) fn run<J: Batch<Output: Send> + Send>(
+    job: J,
+    cols: usize,
+    isa: Isa,
+    parallelism: &Parallelism,
+) -> J::Output {
     let rows = job.rows();
     let elements = rows.saturating_mul(cols.max(1));
     let rows_per_task = TASK_MIN_ELEMENTS.div_ceil(cols.max(1)).max(1);
@@ -179,7 +62,12 @@ pub(crate) fn run<J: Batch>(job: J, cols: usize, isa: Isa, parallelism: &Paralle
 
 /// Halves `job` until a part has at most `rows_per_task` rows; the halves run
 /// side by side when `parallel`.
-fn split<J: Batch>(job: J, rows_per_task: usize, isa: Isa, parallel: bool) -> J::Output {
+fn split<J: Batch<Output: Send> + Send>(
+    job: J,
+    rows_per_task: usize,
+    isa: Isa,
+    parallel: bool,
+) -> J::Output {
     let rows = job.rows();
     if rows <= rows_per_task {
         return run_here(job, isa);

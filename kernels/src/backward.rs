@@ -18,7 +18,8 @@ use crate::exp_sum::sums_lanes_into;
 use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
 use crate::output::{Elementwise, Map};
 use crate::storage::{AnySlice, AnySliceMut};
-use crate::{Output, Temperature};
+use crate::strided::{SplitRows, Strided, StridedMut};
+use crate::{stage_len, Batch, Job, Output, Temperature};
 use pulp::Simd;
 
 /// Σ main·side over a pair of rows.
@@ -145,4 +146,81 @@ pub(crate) fn jacobian_row<A: Arch>(
     let times = &mut Map(Times((-yi * inv_t) as f32));
     write(arch, Some(y), out.reborrow(), st, times);
     out.set(i, yi * (1.0 - yi) * inv_t);
+}
+
+/// The backward pass of softmax or log-softmax over rows: from the forward
+/// output `y` and the upstream gradient `g` into `dx`, or in place over g
+/// (`dx` holds g) when `g` is `None`. All three rows are of one type.
+pub struct Backward<'a> {
+    pub output: Output,
+    pub temperature: Temperature,
+    pub y: Strided<'a>,
+    pub g: Option<Strided<'a>>,
+    pub dx: StridedMut<'a>,
+}
+
+impl Job for Backward<'_> {
+    type Output = ();
+
+    fn scratch_len(&self) -> usize {
+        stage_len(&[self.y.kind(), self.dx.kind()])
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
+        assert!(self.y.rows() == self.dx.rows() && self.y.cols() == self.dx.cols());
+        let mut stage = Stage::new(scratch);
+        for i in 0..self.dx.rows() {
+            // A match, not Option::map: a closure would be compiled outside the region.
+            #[allow(clippy::manual_map)]
+            let gi = match &self.g {
+                Some(g) => Some(g.row(i)),
+                None => None,
+            };
+            let (y, dx) = (self.y.row(i), self.dx.row_mut(i));
+            let (output, t, st) = (self.output, self.temperature, &mut stage);
+            backward_row(arch, st, output, t, y, gi, dx);
+        }
+    }
+}
+
+/// The softmax Jacobian (diag(y) - y yᵀ)/t of one row y of K elements, into
+/// `out`, K rows of K (row-major).
+pub struct Jacobian<'a> {
+    pub temperature: Temperature,
+    pub y: AnySlice<'a>,
+    pub out: AnySliceMut<'a>,
+}
+
+impl Job for Jacobian<'_> {
+    type Output = ();
+
+    fn scratch_len(&self) -> usize {
+        stage_len(&[self.y.kind(), self.out.kind()])
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
+        let k = self.y.len();
+        assert_eq!(self.out.len(), k * k, "a Jacobian of K×K elements");
+        let mut stage = Stage::new(scratch);
+        for i in 0..k {
+            let row = self.out.reborrow().into_slice(i * k..(i + 1) * k);
+            jacobian_row(arch, &mut stage, self.temperature, self.y, i, row);
+        }
+    }
+}
+
+impl Batch for Backward<'_> {
+    fn rows(&self) -> usize {
+        self.dx.rows()
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (ya, yb) = self.y.split_at(k);
+        let (ga, gb) = self.g.split_rows(k);
+        let (da, db) = self.dx.split_at(k);
+        let half = |y, g, dx| Backward { y, g, dx, ..self };
+        (half(ya, ga, da), half(yb, gb, db))
+    }
+    fn combine(_: (), _: ()) {}
 }

@@ -23,12 +23,13 @@ use crate::arch::Arch;
 use crate::backward::Sum;
 use crate::exp::exp_flushed_below;
 use crate::exp_sum::sums_lanes_into;
+use crate::forward::{online_stats, softmax_cutoff, Special, Stats};
 use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
 use crate::output::{Fill, Map};
-use crate::row::{online_stats, softmax_cutoff, Special, Stats};
 use crate::shift::{with_shift_and_test, AnyShift, Shift};
-use crate::storage::{AnySlice, AnySliceMut};
-use crate::Temperature;
+use crate::storage::{AnySlice, AnySliceMut, Kind};
+use crate::strided::{SplitRows, Strided, StridedMut};
+use crate::{stage_len, Batch, Job, Temperature};
 use pulp::Simd;
 
 /// What one row is scored against.
@@ -426,4 +427,194 @@ fn special_row(
         }
     }
     loss
+}
+
+/// Class labels of any integer type.
+#[derive(Clone, Copy, Debug)]
+pub enum Labels<'a> {
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    Usize(&'a [usize]),
+}
+
+impl<'a> Labels<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::I32(l) => l.len(),
+            Labels::I64(l) => l.len(),
+            Labels::U32(l) => l.len(),
+            Labels::U64(l) => l.len(),
+            Labels::Usize(l) => l.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Label `i`, exactly.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> i128 {
+        match self {
+            Labels::I32(l) => l[i] as i128,
+            Labels::I64(l) => l[i] as i128,
+            Labels::U32(l) => l[i] as i128,
+            Labels::U64(l) => l[i] as i128,
+            Labels::Usize(l) => l[i] as i128,
+        }
+    }
+    pub fn split_at(self, k: usize) -> (Self, Self) {
+        macro_rules! split {
+            ($v:ident, $l:expr) => {{
+                let (a, b) = $l.split_at(k);
+                (Labels::$v(a), Labels::$v(b))
+            }};
+        }
+        match self {
+            Labels::I32(l) => split!(I32, l),
+            Labels::I64(l) => split!(I64, l),
+            Labels::U32(l) => split!(U32, l),
+            Labels::U64(l) => split!(U64, l),
+            Labels::Usize(l) => split!(Usize, l),
+        }
+    }
+}
+
+/// What the rows of a cross-entropy batch are scored against.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// One label per row (each below the row length, or equal to `ignore`).
+    Labels {
+        labels: Labels<'a>,
+        ignore: Option<i128>,
+    },
+    /// A target distribution per row, in rows of the logits' type and shape.
+    Soft(Strided<'a>),
+}
+
+impl<'a> Targets<'a> {
+    #[inline(always)]
+    fn row(&self, i: usize) -> RowTarget<'a> {
+        match self {
+            Targets::Labels { labels, ignore } => {
+                let label = labels.get(i);
+                if Some(label) == *ignore {
+                    RowTarget::Ignored
+                } else {
+                    RowTarget::Class(label as usize)
+                }
+            }
+            Targets::Soft(q) => RowTarget::Soft(q.row(i)),
+        }
+    }
+    pub fn split_at(self, k: usize) -> (Self, Self) {
+        match self {
+            Targets::Labels { labels, ignore } => {
+                let (a, b) = labels.split_at(k);
+                (
+                    Targets::Labels { labels: a, ignore },
+                    Targets::Labels { labels: b, ignore },
+                )
+            }
+            Targets::Soft(q) => {
+                let (a, b) = q.split_at(k);
+                (Targets::Soft(a), Targets::Soft(b))
+            }
+        }
+    }
+}
+
+/// Cross-entropy of each row of logits `x` against its target: the loss into
+/// `losses[i]` (when given), the gradient into `grad` (when given; over the
+/// logits in place when `x` is `None`). Returns the sum of the row losses.
+pub struct CrossEntropy<'a> {
+    pub options: LossOptions<'a>,
+    pub targets: Targets<'a>,
+    pub x: Option<Strided<'a>>,
+    pub grad: Option<StridedMut<'a>>,
+    pub losses: Option<&'a mut [f32]>,
+}
+
+impl CrossEntropy<'_> {
+    /// (rows, cols) of the logits (in place: of the gradient rows that hold them).
+    fn shape(&self) -> (usize, usize) {
+        match (&self.x, &self.grad) {
+            (Some(x), _) => (x.rows(), x.cols()),
+            (None, Some(g)) => (g.rows(), g.cols()),
+            (None, None) => (0, 0),
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.shape().0
+    }
+    pub fn cols(&self) -> usize {
+        self.shape().1
+    }
+}
+
+impl Job for CrossEntropy<'_> {
+    type Output = f64;
+
+    fn scratch_len(&self) -> usize {
+        let x = self.x.as_ref().map(|x| x.kind());
+        let g = self.grad.as_ref().map(|g| g.kind());
+        let q = match &self.targets {
+            Targets::Soft(q) => Some(q.kind()),
+            Targets::Labels { .. } => None,
+        };
+        stage_len(&[x, g, q].map(|k| k.unwrap_or(Kind::F32)))
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) -> f64 {
+        let rows = self.rows();
+        let mut stage = Stage::new(scratch);
+        let mut total = 0.0;
+        for i in 0..rows {
+            // Matches, not Option::map: a closure would be compiled outside the region.
+            #[allow(clippy::manual_map)]
+            let xi = match &self.x {
+                Some(x) => Some(x.row(i)),
+                None => None,
+            };
+            #[allow(clippy::manual_map)]
+            let gi = match &mut self.grad {
+                Some(g) => Some(g.row_mut(i)),
+                None => None,
+            };
+            let target = self.targets.row(i);
+            let st = &mut stage;
+            let loss = cross_entropy_row(arch, st, &self.options, target, xi, gi);
+            if let Some(losses) = self.losses.as_deref_mut() {
+                losses[i] = loss as f32;
+            }
+            total += loss;
+        }
+        total
+    }
+}
+
+impl Batch for CrossEntropy<'_> {
+    fn rows(&self) -> usize {
+        CrossEntropy::rows(self)
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (xa, xb) = self.x.split_rows(k);
+        let (ga, gb) = self.grad.split_rows(k);
+        let (ta, tb) = self.targets.split_at(k);
+        let (la, lb) = self.losses.split_rows(k);
+        let options = self.options;
+        let part = |x, grad, targets, losses| CrossEntropy {
+            options,
+            targets,
+            x,
+            grad,
+            losses,
+        };
+        (part(xa, ga, ta, la), part(xb, gb, tb, lb))
+    }
+    /// The sum of the row losses.
+    fn combine(a: f64, b: f64) -> f64 {
+        a + b
+    }
 }

@@ -1,4 +1,5 @@
-//! One row, start to finish: the three algorithms and the special-value rules.
+//! Softmax, log-softmax and logsumexp: one row start to finish (the three
+//! algorithms and the special-value rules), and the jobs over rows.
 //!
 //! ```text
 //! three-pass  max = max(x);  e = exp((x - max)/t), S = Σe (stored);  y = e / S
@@ -23,9 +24,10 @@ use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
 use crate::shift::{with_shift, with_shift_and_test, AnyShift, Shift};
-use crate::storage::{AnySlice, AnySliceMut, Kind};
+use crate::storage::{self, AnySlice, AnySliceMut, Kind};
+use crate::strided::{SplitRows, Strided, StridedMut};
 use crate::two_pass::{TwoPassOut, TwoPassSum, LIMIT};
-use crate::{Method, Output, Temperature};
+use crate::{stage_len, Batch, Job, Method, Output, Temperature};
 
 /// Elements per online block: small enough that the block's second read hits L1.
 pub const ONLINE_BLOCK: usize = 2048;
@@ -466,4 +468,170 @@ pub(crate) fn logsumexp_row<A: Arch>(
         Stats::Special(Special::Masked) => f64::NEG_INFINITY,
         Stats::Finite { max, ln_sum, .. } => max as f64 + temperature.t as f64 * ln_sum,
     }
+}
+
+/// Softmax or log-softmax over rows: `x → y`, or in place on `y` when `x` is `None`.
+pub struct Forward<'a> {
+    pub output: Output,
+    pub method: Method,
+    pub temperature: Temperature,
+    pub x: Option<Strided<'a>>,
+    pub y: StridedMut<'a>,
+}
+
+impl Forward<'_> {
+    /// The row read first: `x`, or `y` in place.
+    #[inline(always)]
+    fn input_kind(&self) -> Kind {
+        self.x.as_ref().map_or(self.y.kind(), |x| x.kind())
+    }
+
+    /// (stage, widened input, exponentials) lengths of the scratch space: a
+    /// [`Stage`] for f16 or bf16 rows; the input row in f32 when it is
+    /// f16 or bf16 and the method reads it more than once; and a row of f32
+    /// exponentials for a three-pass softmax whose output is not f32.
+    #[inline(always)]
+    fn scratch_parts(&self) -> (usize, usize, usize) {
+        let stage = stage_len(&[self.input_kind(), self.y.kind()]);
+        let cols = self.y.cols();
+        let widened = widened_len(self.method, self.input_kind(), cols);
+        let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
+        let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
+            cols
+        } else {
+            0
+        };
+        (stage, widened, exps)
+    }
+}
+
+/// Whether a row of this kind is widened into f32 once, before the method
+/// reads it: three-pass and two-pass read a row two or three times, and
+/// widening it once costs less than converting it on every read. Online
+/// rows (beyond the last-level cache) are read once, a chunk at a time.
+#[inline(always)]
+fn rereads(method: Method, kind: Kind) -> bool {
+    kind != Kind::F32 && method != Method::Online
+}
+
+/// The scratch a row of `cols` elements of this kind needs for its f32 copy.
+#[inline(always)]
+fn widened_len(method: Method, kind: Kind, cols: usize) -> usize {
+    if rereads(method, kind) {
+        cols
+    } else {
+        0
+    }
+}
+
+/// `x` widened into the front of `space`.
+#[inline(always)]
+fn widen_into<'s, A: Arch>(arch: A, x: AnySlice<'_>, space: &'s mut [f32]) -> AnySlice<'s> {
+    let space = &mut space[..x.len()];
+    storage::widen(arch, x, space);
+    AnySlice::F32(space)
+}
+
+impl Job for Forward<'_> {
+    type Output = ();
+
+    fn scratch_len(&self) -> usize {
+        let (stage, widened, exps) = self.scratch_parts();
+        stage + widened + exps
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(self, arch: A, scratch: &mut [f32]) {
+        let (stage_len, widened_len, exps_len) = self.scratch_parts();
+        let Forward {
+            output,
+            method,
+            temperature,
+            x,
+            mut y,
+        } = self;
+        if let Some(x) = &x {
+            assert!(
+                x.rows() == y.rows() && x.cols() == y.cols(),
+                "input and output shapes differ"
+            );
+        }
+        let scratch = &mut scratch[..stage_len + widened_len + exps_len];
+        let (stage, rest) = scratch.split_at_mut(stage_len);
+        let (space, exps) = rest.split_at_mut(widened_len);
+        let mut stage = Stage::new(stage);
+        for i in 0..y.rows() {
+            let yi = y.row_mut(i);
+            // A match, not Option::map: a closure would be compiled outside the
+            // target-feature region. In place, the passes read the widened copy.
+            let xi = match (&x, widened_len) {
+                (Some(x), 0) => Some(x.row(i)),
+                (None, 0) => None,
+                (Some(x), _) => Some(widen_into(arch, x.row(i), space)),
+                (None, _) => Some(widen_into(arch, yi.shared(), space)),
+            };
+            let st = &mut stage;
+            forward_row(arch, st, output, method, temperature, xi, yi, exps);
+        }
+    }
+}
+
+/// t · ln Σ exp(x/t) of each row into `out[i]`, rounded to `out`'s type.
+pub struct LogSumExp<'a> {
+    pub method: Method,
+    pub temperature: Temperature,
+    pub x: Strided<'a>,
+    pub out: AnySliceMut<'a>,
+}
+
+impl Job for LogSumExp<'_> {
+    type Output = ();
+
+    fn scratch_len(&self) -> usize {
+        let kind = self.x.kind();
+        stage_len(&[kind]) + widened_len(self.method, kind, self.x.cols())
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
+        assert!(self.out.len() >= self.x.rows(), "one output per row");
+        let (stage, space) = scratch.split_at_mut(stage_len(&[self.x.kind()]));
+        let mut stage = Stage::new(stage);
+        let (method, t) = (self.method, self.temperature);
+        let widen = rereads(method, self.x.kind());
+        for i in 0..self.x.rows() {
+            let xi = match widen {
+                true => widen_into(arch, self.x.row(i), space),
+                false => self.x.row(i),
+            };
+            let value = logsumexp_row(arch, &mut stage, method, t, xi);
+            self.out.set(i, value);
+        }
+    }
+}
+
+impl Batch for Forward<'_> {
+    fn rows(&self) -> usize {
+        self.y.rows()
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (xa, xb) = self.x.split_rows(k);
+        let (ya, yb) = self.y.split_at(k);
+        let half = |x, y| Forward { x, y, ..self };
+        (half(xa, ya), half(xb, yb))
+    }
+    fn combine(_: (), _: ()) {}
+}
+
+impl Batch for LogSumExp<'_> {
+    fn rows(&self) -> usize {
+        self.x.rows()
+    }
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (xa, xb) = self.x.split_at(k);
+        let (oa, ob) = self.out.split_at(xa.rows());
+        let half = |x, out| LogSumExp { x, out, ..self };
+        (half(xa, oa), half(xb, ob))
+    }
+    fn combine(_: (), _: ()) {}
 }
