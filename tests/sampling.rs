@@ -71,6 +71,16 @@ const COUNT_BATCH_ELEMENTS: usize = 1 << 18;
 /// How many times `sampler` draws each token from `row`: a batch of identical
 /// rows per call (row i draws from the stream (seed, i, step)), steps 0, 1, ….
 fn count_draws<T: Element>(sampler: &Sampler, row: &[T], draws: usize) -> Vec<u64> {
+    count_draws_on(Backend::Isa(Isa::detect()), sampler, row, draws)
+}
+
+/// [`count_draws`] on `backend`.
+fn count_draws_on<T: Element>(
+    backend: Backend,
+    sampler: &Sampler,
+    row: &[T],
+    draws: usize,
+) -> Vec<u64> {
     let n = row.len();
     let rows = (COUNT_BATCH_ELEMENTS / n).clamp(1, draws);
     let batch: Vec<T> = row.iter().copied().cycle().take(rows * n).collect();
@@ -79,9 +89,9 @@ fn count_draws<T: Element>(sampler: &Sampler, row: &[T], draws: usize) -> Vec<u6
     let mut left = draws;
     let mut step = 0;
     while left > 0 {
-        sampler
-            .sample_rows(Rows::contiguous(&batch, n).unwrap(), step, &mut tokens)
-            .unwrap();
+        backend
+            .sample(sampler, &batch, n, step, &mut tokens, None)
+            .unwrap_or_else(|e| panic!("[{}] {e}", backend.name()));
         let take = rows.min(left);
         for &t in &tokens[..take] {
             counts[t] += 1;
@@ -118,12 +128,26 @@ fn assert_fits(what: &str, counts: &[u64], probs: &[f64]) {
 
 /// Draws from `row` with options `o` and checks the counts against the reference.
 fn check_distribution<T: Narrow>(what: &str, o: &Options, seed: u64, row: &[f32], draws: usize) {
+    let backend = Backend::Isa(Isa::detect());
+    check_distribution_on::<T>(backend, what, o, seed, row, draws);
+}
+
+/// [`check_distribution`] on `backend`.
+fn check_distribution_on<T: Narrow>(
+    backend: Backend,
+    what: &str,
+    o: &Options,
+    seed: u64,
+    row: &[f32],
+    draws: usize,
+) {
     let xt: Vec<T> = row.iter().map(|&v| T::from_f32(v)).collect();
     let x: Vec<f64> = xt.iter().map(|v| v.to_f64()).collect();
-    let counts = count_draws(&o.sampler(seed), &xt, draws);
+    let counts = count_draws_on(backend, &o.sampler(seed), &xt, draws);
     let probs = probabilities(&x, o);
+    let name = backend.name();
     assert_fits(
-        &format!("{what} [{} {}]", o.name(), T::NAME),
+        &format!("{what} [{} {} {name}]", o.name(), T::NAME),
         &counts,
         &probs,
     );
@@ -204,6 +228,32 @@ fn chi_square_full_row() {
         for draw in [Draw::InverseCdf, Draw::GumbelMax] {
             let o = Options::t(t).draw(draw);
             check_distribution::<f32>("full row, 40 tokens", &o, 1, &row, small_draws());
+        }
+    }
+}
+
+#[test]
+fn chi_square_on_the_emulated_tokens() {
+    // The paths that read the per-block sums (a full-row inverse CDF, top-p
+    // without top-k) or skip blocks by their maxima (a full-row Gumbel-max),
+    // on the 4-, 8- and 16-lane logic, over a row of five blocks.
+    if EMULATED_TARGET {
+        eprintln!("chi_square_on_the_emulated_tokens: the emulated tokens run natively only");
+        return;
+    }
+    let row = normal_row(18, 300, 1.5, 5);
+    let configs = [
+        Options::t(1.0),
+        Options::t(0.7).draw(Draw::GumbelMax),
+        Options::t(0.8).top_p(0.9),
+        Options::t(1.0).top_k(40).min_p(0.01),
+    ];
+    for (i, backend) in Backend::EMULATED.into_iter().enumerate() {
+        for (j, o) in configs.iter().enumerate() {
+            let seed = 30 + (i * configs.len() + j) as u64;
+            // Fewer draws than the ISA tests: the emulated tokens are slow, and
+            // 200 000 draws still put hundreds in each of the 300 bins.
+            check_distribution_on::<f32>(backend, "300 tokens", o, seed, &row, 200_000);
         }
     }
 }
@@ -869,9 +919,14 @@ fn same_tokens_on_every_isa() {
     // every Gumbel-max draw that is not top-p alone), every ISA draws the same
     // token. A full-row inverse CDF, and top-p without top-k, take a sum from
     // the SIMD per-block sums (f32 lanes): mismatches are counted and bounded.
-    let isas = Isa::available();
-    let names: Vec<&str> = isas.iter().map(|i| i.name()).collect();
-    if isas.len() < 2 {
+    // The emulated 4-, 8- and 16-lane tokens take part: their block sums are
+    // summed in another lane order, like an ISA's.
+    let (backends, skipped) = Backend::available();
+    if !skipped.is_empty() {
+        eprintln!("same_tokens_on_every_isa: not on this CPU: {skipped:?}");
+    }
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    if backends.len() < 2 {
         eprintln!("same_tokens_on_every_isa: only {names:?} here; nothing to compare");
     }
     let exact = [
@@ -903,13 +958,13 @@ fn same_tokens_on_every_isa() {
         let x: Vec<f32> = (0..n).map(|_| rng.normal(2.0)).collect();
         let step = row as u64;
         let tokens = |o: &Options| -> Vec<usize> {
-            isas.iter()
-                .map(|&isa| {
-                    o.sampler(row as u64)
-                        .isa(isa)
-                        .unwrap()
-                        .sample(&x, step)
-                        .unwrap()
+            backends
+                .iter()
+                .map(|&b| {
+                    let mut token = [0];
+                    b.sample(&o.sampler(row as u64), &x, n, step, &mut token, None)
+                        .unwrap();
+                    token[0]
                 })
                 .collect()
         };
@@ -920,14 +975,11 @@ fn same_tokens_on_every_isa() {
                 "row {row} n {n} [{}]: tokens {t:?} on {names:?}",
                 o.name()
             );
-            let kept: Vec<Vec<u32>> = isas
+            let kept: Vec<Vec<u32>> = backends
                 .iter()
-                .map(|&isa| {
-                    let mut out = vec![0.0f32; n];
-                    o.sampler(0)
-                        .isa(isa)
-                        .unwrap()
-                        .truncated_logprobs(&x, &mut out)
+                .map(|&b| {
+                    let (mut out, mut token) = (vec![0.0f32; n], [0]);
+                    b.sample(&o.sampler(0), &x, n, step, &mut token, Some(&mut out))
                         .unwrap();
                     bits(&out)
                 })
