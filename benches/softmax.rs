@@ -270,10 +270,10 @@ fn options(subject: Subject, parallelism: Parallelism) -> Softmax {
         _ => (Isa::detect(), Algorithm::Auto),
     };
     Softmax::new()
-        .isa(isa)
+        .with_isa(isa)
         .expect("only available ISAs are benched")
-        .algorithm(algorithm)
-        .parallelism(parallelism)
+        .with_algorithm(algorithm)
+        .with_parallelism(parallelism)
 }
 
 /// Runs `subject` once on the first block from fresh logits and compares it
@@ -284,10 +284,10 @@ fn check(work: &mut Workload, op: Operation, subject: Subject, options: &Softmax
     work.call(op, subject, options, true);
 
     let scalar = Softmax::new()
-        .isa(Isa::Scalar)
+        .with_isa(Isa::Scalar)
         .unwrap()
-        .algorithm(Algorithm::ThreePass)
-        .parallelism(Parallelism::Serial);
+        .with_algorithm(Algorithm::ThreePass)
+        .with_parallelism(Parallelism::Serial);
     let x = &work.x[span.clone()];
     let mut want = x.to_vec();
     let mut want_lse = vec![0.0; work.block_rows];
@@ -510,10 +510,10 @@ impl<T: Dtype> Typed<T> {
         self.y[0].fill(T::from_f32(f32::NAN));
         self.call(options, true);
         let scalar = Softmax::new()
-            .isa(Isa::Scalar)
+            .with_isa(Isa::Scalar)
             .unwrap()
-            .algorithm(Algorithm::ThreePass)
-            .parallelism(Parallelism::Serial);
+            .with_algorithm(Algorithm::ThreePass)
+            .with_parallelism(Parallelism::Serial);
         let x: Vec<f32> = self.x[0].iter().map(|&v| v.to_f32()).collect();
         let mut want = vec![0.0f32; x.len()];
         scalar
@@ -527,7 +527,7 @@ impl<T: Dtype> Typed<T> {
             assert!(
                 T::close(g, w),
                 "softmax {name} ({}, auto) on {}: element {i} is {g}, the scalar ISA gives {w}",
-                options.get_isa(),
+                options.isa(),
                 self.label()
             );
         }
@@ -606,16 +606,16 @@ fn by_training(c: &mut Criterion) {
             let best = Subject::Crate(Isa::detect(), Algorithm::Auto);
             let softmax = options(best, parallelism.clone());
             let cross_entropy = CrossEntropy::new()
-                .isa(Isa::detect())
+                .with_isa(Isa::detect())
                 .expect("the detected ISA is available")
-                .parallelism(parallelism);
+                .with_parallelism(parallelism);
             for pass in Pass::ALL {
                 let error = work.check(pass, &softmax, &cross_entropy);
                 assert!(
                     error <= TRAINING_TOLERANCE,
                     "{} ({}) on {rows}x{cols}, {name}: |Δ| {error:e} against the scalar ISA > {TRAINING_TOLERANCE:e}",
                     pass.name(),
-                    softmax.get_isa()
+                    softmax.isa()
                 );
                 group.bench_function(format!("{}/{name}", pass.name()), |b| {
                     b.iter_custom(|iters| {

@@ -16,6 +16,7 @@ pub const TASK_MIN_ELEMENTS: usize = 1 << 14;
 
 /// Where the rows of a batch run.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub enum Parallelism {
     /// Rayon's global pool for batches of at least [`PARALLEL_MIN_ELEMENTS`], else serial.
     #[default]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 /// How the row losses combine into the returned value, and how the gradient is scaled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Reduction {
     /// Per-row losses only (the call must be given a `losses` buffer); returns
     /// their sum. Each row's gradient is that of its own loss.
@@ -93,36 +94,37 @@ impl<'w> CrossEntropy<'w> {
 
     /// Scores softmax(x / t); the loss's gradient with respect to x carries the 1/t.
     /// `t` must be finite and at least `f32::MIN_POSITIVE`.
-    pub fn temperature(mut self, t: f32) -> Result<Self, Error> {
-        self.softmax = self.softmax.temperature(t)?;
+    pub fn with_temperature(mut self, t: f32) -> Result<Self, Error> {
+        self.softmax = self.softmax.with_temperature(t)?;
         Ok(self)
     }
 
     /// Runs on `isa`; an error if this CPU lacks it.
-    pub fn isa(mut self, isa: Isa) -> Result<Self, Error> {
-        self.softmax = self.softmax.isa(isa)?;
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, Error> {
+        self.softmax = self.softmax.with_isa(isa)?;
         Ok(self)
     }
 
-    pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
-        self.softmax = self.softmax.parallelism(parallelism);
+    /// Where the rows of a batch run (default `Parallelism::Auto`).
+    pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
+        self.softmax = self.softmax.with_parallelism(parallelism);
         self
     }
 
     /// Runs large batches on `pool`.
-    pub fn thread_pool(self, pool: Arc<ThreadPool>) -> Self {
-        self.parallelism(Parallelism::Pool(pool))
+    pub fn with_thread_pool(self, pool: Arc<ThreadPool>) -> Self {
+        self.with_parallelism(Parallelism::Pool(pool))
     }
 
     /// Rows whose label equals `index` add 0 to the loss, get a zero gradient
     /// and are not counted by `Reduction::Mean`. `None`: every label must be a class.
-    pub fn ignore_index(mut self, index: Option<i64>) -> Self {
+    pub fn with_ignore_index(mut self, index: Option<i64>) -> Self {
         self.ignore_index = index;
         self
     }
 
     /// Label smoothing ε in [0, 1): the target becomes (1 − ε)·target + ε/K.
-    pub fn label_smoothing(mut self, epsilon: f32) -> Result<Self, Error> {
+    pub fn with_label_smoothing(mut self, epsilon: f32) -> Result<Self, Error> {
         if !(0.0..1.0).contains(&epsilon) {
             return Err(Error::InvalidSmoothing(epsilon));
         }
@@ -131,8 +133,8 @@ impl<'w> CrossEntropy<'w> {
     }
 
     /// Per-class weights w (one per class, finite and ≥ 0), for label targets:
-    /// class c's term of the loss is multiplied by w[c].
-    pub fn weights(mut self, weights: &'w [f32]) -> Result<Self, Error> {
+    /// class c's term of the loss is multiplied by `w[c]`.
+    pub fn with_weights(mut self, weights: &'w [f32]) -> Result<Self, Error> {
         if let Some((class, &weight)) = weights
             .iter()
             .enumerate()
@@ -144,27 +146,38 @@ impl<'w> CrossEntropy<'w> {
         Ok(self)
     }
 
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
+    /// How the row losses combine into the returned loss (default `Reduction::Mean`).
+    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
         self.reduction = reduction;
         self
     }
 
-    pub fn get_temperature(&self) -> f32 {
-        self.softmax.get_temperature()
+    /// The temperature t.
+    pub fn temperature(&self) -> f32 {
+        self.softmax.temperature()
     }
-    pub fn get_isa(&self) -> Isa {
-        self.softmax.get_isa()
+    /// The ISA the rows run on.
+    pub fn isa(&self) -> Isa {
+        self.softmax.isa()
     }
-    pub fn get_ignore_index(&self) -> Option<i64> {
+    /// Where the rows of a batch run.
+    pub fn parallelism(&self) -> &Parallelism {
+        self.softmax.parallelism()
+    }
+    /// The label that marks a row as ignored, if any.
+    pub fn ignore_index(&self) -> Option<i64> {
         self.ignore_index
     }
-    pub fn get_label_smoothing(&self) -> f32 {
+    /// The label smoothing ε.
+    pub fn label_smoothing(&self) -> f32 {
         self.smoothing
     }
-    pub fn get_weights(&self) -> Option<&'w [f32]> {
+    /// The per-class weights, if set.
+    pub fn weights(&self) -> Option<&'w [f32]> {
         self.weights
     }
-    pub fn get_reduction(&self) -> Reduction {
+    /// How the row losses combine.
+    pub fn reduction(&self) -> Reduction {
         self.reduction
     }
 

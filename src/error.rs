@@ -8,48 +8,103 @@ use std::fmt;
 #[non_exhaustive]
 pub enum Error {
     /// Input and output rows differ in length.
-    LengthMismatch { input: usize, output: usize },
+    LengthMismatch {
+        /// Elements in the input row.
+        input: usize,
+        /// Elements in the output row.
+        output: usize,
+    },
     /// Input and output batches differ in shape.
     ShapeMismatch {
+        /// (rows, cols) of the input.
         input: (usize, usize),
+        /// (rows, cols) of the output.
         output: (usize, usize),
     },
     /// A row stride shorter than a row.
-    StrideTooSmall { stride: usize, cols: usize },
+    StrideTooSmall {
+        /// The stride, in elements.
+        stride: usize,
+        /// The row length.
+        cols: usize,
+    },
     /// A buffer too short for its rows at its stride.
     BufferTooShort {
+        /// Elements in the buffer.
         len: usize,
+        /// Elements the shape needs: (rows - 1) · stride + cols.
         required: usize,
+        /// Rows of the shape.
         rows: usize,
+        /// Elements per row.
         cols: usize,
+        /// Elements from one row's start to the next.
         stride: usize,
     },
     /// rows × stride does not fit in `usize`.
-    ShapeOverflow { rows: usize, stride: usize },
+    ShapeOverflow {
+        /// Rows of the shape.
+        rows: usize,
+        /// The stride, in elements.
+        stride: usize,
+    },
     /// A contiguous batch whose length is not a whole number of rows.
-    LengthNotMultiple { len: usize, cols: usize },
+    LengthNotMultiple {
+        /// Elements in the buffer.
+        len: usize,
+        /// The row length.
+        cols: usize,
+    },
     /// An output slice with fewer elements than the batch has rows.
-    OutputTooShort { len: usize, rows: usize },
+    OutputTooShort {
+        /// Elements in the output.
+        len: usize,
+        /// Rows of the batch.
+        rows: usize,
+    },
     /// A temperature that is not finite, or below the smallest normal f32 (≤ 0 included).
     InvalidTemperature(f32),
     /// An ISA this CPU (or this build's target) does not have.
     IsaUnavailable(Isa),
     /// A Jacobian buffer that does not hold exactly cols × cols elements.
-    JacobianLength { len: usize, cols: usize },
+    JacobianLength {
+        /// Elements in the buffer.
+        len: usize,
+        /// The row length.
+        cols: usize,
+    },
     /// A label count different from the row count.
-    LabelCount { labels: usize, rows: usize },
+    LabelCount {
+        /// Labels given.
+        labels: usize,
+        /// Rows of the batch.
+        rows: usize,
+    },
     /// A label that is neither a class (0 ≤ label < classes) nor the ignore index.
     LabelOutOfRange {
+        /// The row whose label it is.
         row: usize,
+        /// The label, exactly (any integer type fits).
         label: i128,
+        /// The number of classes (the row length).
         classes: usize,
     },
     /// Label smoothing outside [0, 1).
     InvalidSmoothing(f32),
     /// A class weight that is not finite or is negative.
-    InvalidWeight { class: usize, weight: f32 },
+    InvalidWeight {
+        /// The class it weighs.
+        class: usize,
+        /// The weight.
+        weight: f32,
+    },
     /// A weight count different from the class count.
-    WeightCount { weights: usize, classes: usize },
+    WeightCount {
+        /// Weights given.
+        weights: usize,
+        /// The number of classes (the row length).
+        classes: usize,
+    },
     /// Class weights set for a soft-target loss.
     WeightsWithSoftTargets,
     /// `Reduction::None` without a buffer for the per-row losses.
@@ -57,9 +112,15 @@ pub enum Error {
     /// A row of no elements where one is needed (sampling, soft-argmax).
     EmptyRow,
     /// A NaN logit in this row of a sampling call.
-    NanLogit { row: usize },
+    NanLogit {
+        /// The row, from 0.
+        row: usize,
+    },
     /// Every logit of this row is −inf after the bias: there is nothing to draw.
-    NoFiniteLogit { row: usize },
+    NoFiniteLogit {
+        /// The row, from 0.
+        row: usize,
+    },
     /// top-k with k = 0.
     InvalidTopK(usize),
     /// top-p outside (0, 1].
@@ -67,11 +128,26 @@ pub enum Error {
     /// min-p outside [0, 1].
     InvalidMinP(f32),
     /// A logit bias that is NaN or +inf.
-    InvalidBias { token: usize, bias: f32 },
+    InvalidBias {
+        /// The token it biases.
+        token: usize,
+        /// The bias.
+        bias: f32,
+    },
     /// A logit bias or ban for a token past the end of the row.
-    BiasOutOfRange { token: usize, cols: usize },
+    BiasOutOfRange {
+        /// The token it names.
+        token: usize,
+        /// The row length.
+        cols: usize,
+    },
     /// More top log-probabilities asked for than the row has tokens.
-    TooManyLogprobs { requested: usize, cols: usize },
+    TooManyLogprobs {
+        /// Pairs asked for.
+        requested: usize,
+        /// The row length.
+        cols: usize,
+    },
 }
 
 impl fmt::Display for Error {

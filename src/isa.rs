@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 /// An instruction set the kernels are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Isa {
     /// Portable scalar code: the reference every SIMD path is tested against.
     Scalar,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 /// How each row's maximum and sum are computed. All give results within the
 /// documented bounds; they differ in memory traffic and arithmetic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Algorithm {
     /// Three-pass for rows that stay in cache, online beyond
     /// ([`AUTO_ONLINE_FROM_COLS`]).
@@ -36,6 +37,7 @@ impl Algorithm {
     pub const METHODS: [Algorithm; 3] =
         [Algorithm::ThreePass, Algorithm::TwoPass, Algorithm::Online];
 
+    /// The name the report and error messages use: `"auto"`, `"three-pass"`, ….
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Auto => "auto",
@@ -93,7 +95,7 @@ impl Softmax {
 
     /// Computes softmax(x / t); `t` must be finite and at least `f32::MIN_POSITIVE`
     /// (a subnormal t has no finite f32 reciprocal).
-    pub fn temperature(mut self, t: f32) -> Result<Self, Error> {
+    pub fn with_temperature(mut self, t: f32) -> Result<Self, Error> {
         if !(t.is_finite() && t >= f32::MIN_POSITIVE) {
             return Err(Error::InvalidTemperature(t));
         }
@@ -102,7 +104,7 @@ impl Softmax {
     }
 
     /// Runs on `isa`; an error if this CPU lacks it.
-    pub fn isa(mut self, isa: Isa) -> Result<Self, Error> {
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, Error> {
         if !isa.is_available() {
             return Err(Error::IsaUnavailable(isa));
         }
@@ -110,31 +112,37 @@ impl Softmax {
         Ok(self)
     }
 
-    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+    /// How each row's maximum and sum are found (default `Algorithm::Auto`).
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
         self
     }
 
-    pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
+    /// Where the rows of a batch run (default `Parallelism::Auto`).
+    pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
         self.parallelism = parallelism;
         self
     }
 
     /// Runs large batches on `pool` (shorthand for `Parallelism::Pool`).
-    pub fn thread_pool(self, pool: Arc<ThreadPool>) -> Self {
-        self.parallelism(Parallelism::Pool(pool))
+    pub fn with_thread_pool(self, pool: Arc<ThreadPool>) -> Self {
+        self.with_parallelism(Parallelism::Pool(pool))
     }
 
-    pub fn get_temperature(&self) -> f32 {
+    /// The temperature t.
+    pub fn temperature(&self) -> f32 {
         self.temperature.get()
     }
-    pub fn get_isa(&self) -> Isa {
+    /// The ISA the rows run on.
+    pub fn isa(&self) -> Isa {
         self.isa
     }
-    pub fn get_algorithm(&self) -> Algorithm {
+    /// The algorithm asked for (`Auto` is resolved per call, by row length).
+    pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
-    pub fn get_parallelism(&self) -> &Parallelism {
+    /// Where the rows of a batch run.
+    pub fn parallelism(&self) -> &Parallelism {
         &self.parallelism
     }
 

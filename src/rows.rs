@@ -81,12 +81,15 @@ impl<'a, T: Element> Rows<'a, T> {
         Self::new(data, rows, cols, cols)
     }
 
+    /// The number of rows.
     pub fn rows(&self) -> usize {
         self.rows
     }
+    /// Elements per row.
     pub fn cols(&self) -> usize {
         self.cols
     }
+    /// Elements from the start of one row to the start of the next.
     pub fn stride(&self) -> usize {
         self.stride
     }
@@ -124,12 +127,15 @@ impl<'a, T: Element> RowsMut<'a, T> {
         Self::new(data, rows, cols, cols)
     }
 
+    /// The number of rows.
     pub fn rows(&self) -> usize {
         self.rows
     }
+    /// Elements per row.
     pub fn cols(&self) -> usize {
         self.cols
     }
+    /// Elements from the start of one row to the start of the next.
     pub fn stride(&self) -> usize {
         self.stride
     }

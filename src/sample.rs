@@ -58,7 +58,7 @@ impl Sampler {
 
     /// Samples softmax(x / t); t = 0 takes the argmax (the lowest index on a tie).
     /// `t` must be 0 or finite and at least `f32::MIN_POSITIVE`.
-    pub fn temperature(mut self, t: f32) -> Result<Self, Error> {
+    pub fn with_temperature(mut self, t: f32) -> Result<Self, Error> {
         self.temperature = match t {
             0.0 => None,
             _ if t.is_finite() && t >= f32::MIN_POSITIVE => Some(Temperature::new(t)),
@@ -68,7 +68,7 @@ impl Sampler {
     }
 
     /// Keeps the k largest logits (and any tied with the k-th); k ≥ 1.
-    pub fn top_k(mut self, k: usize) -> Result<Self, Error> {
+    pub fn with_top_k(mut self, k: usize) -> Result<Self, Error> {
         if k == 0 {
             return Err(Error::InvalidTopK(k));
         }
@@ -77,7 +77,7 @@ impl Sampler {
     }
 
     /// Nucleus sampling: p in (0, 1]; 1 keeps everything.
-    pub fn top_p(mut self, p: f32) -> Result<Self, Error> {
+    pub fn with_top_p(mut self, p: f32) -> Result<Self, Error> {
         if !(p > 0.0 && p <= 1.0) {
             return Err(Error::InvalidTopP(p));
         }
@@ -87,7 +87,7 @@ impl Sampler {
 
     /// Drops tokens whose probability is below min_p × the largest; min_p in
     /// [0, 1], 0 keeps everything.
-    pub fn min_p(mut self, min_p: f32) -> Result<Self, Error> {
+    pub fn with_min_p(mut self, min_p: f32) -> Result<Self, Error> {
         if !(0.0..=1.0).contains(&min_p) {
             return Err(Error::InvalidMinP(min_p));
         }
@@ -98,7 +98,7 @@ impl Sampler {
     /// Adds `bias` to the logit of `token` for each pair (several pairs for one
     /// token add up); −inf bans the token. Replaces any earlier bias and bans.
     /// A NaN or +inf bias is an error; a token past the row is an error at the call.
-    pub fn logit_bias(mut self, bias: &[(usize, f32)]) -> Result<Self, Error> {
+    pub fn with_logit_bias(mut self, bias: &[(usize, f32)]) -> Result<Self, Error> {
         let mut entries = Vec::with_capacity(bias.len());
         for &(token, b) in bias {
             if b.is_nan() || b == f32::INFINITY {
@@ -132,55 +132,69 @@ impl Sampler {
     pub fn ban(self, tokens: &[usize]) -> Result<Self, Error> {
         let mut all: Vec<(usize, f32)> = self.bias.iter().map(|&(i, b)| (i as usize, b)).collect();
         all.extend(tokens.iter().map(|&t| (t, f32::NEG_INFINITY)));
-        self.logit_bias(&all)
+        self.with_logit_bias(&all)
     }
 
-    pub fn draw(mut self, draw: Draw) -> Self {
+    /// How the token is drawn from what truncation keeps (default `Draw::InverseCdf`).
+    pub fn with_draw(mut self, draw: Draw) -> Self {
         self.draw = draw;
         self
     }
 
-    pub fn seed(mut self, seed: u64) -> Self {
+    /// The seed of the random streams: row i at step s draws from (seed, i, s).
+    pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
     }
 
     /// Runs on `isa`; an error if this CPU lacks it.
-    pub fn isa(mut self, isa: Isa) -> Result<Self, Error> {
-        self.softmax = self.softmax.isa(isa)?;
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, Error> {
+        self.softmax = self.softmax.with_isa(isa)?;
         Ok(self)
     }
 
-    pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
-        self.softmax = self.softmax.parallelism(parallelism);
+    /// Where the rows of a batch run (default `Parallelism::Auto`).
+    pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
+        self.softmax = self.softmax.with_parallelism(parallelism);
         self
     }
 
     /// Runs large batches on `pool`.
-    pub fn thread_pool(self, pool: Arc<ThreadPool>) -> Self {
-        self.parallelism(Parallelism::Pool(pool))
+    pub fn with_thread_pool(self, pool: Arc<ThreadPool>) -> Self {
+        self.with_parallelism(Parallelism::Pool(pool))
     }
 
-    pub fn get_temperature(&self) -> f32 {
+    /// The temperature t (0: the argmax).
+    pub fn temperature(&self) -> f32 {
         self.temperature.map_or(0.0, |t| t.get())
     }
-    pub fn get_top_k(&self) -> Option<usize> {
+    /// k of top-k, if set.
+    pub fn top_k(&self) -> Option<usize> {
         self.top_k
     }
-    pub fn get_top_p(&self) -> f32 {
+    /// p of top-p (1: off).
+    pub fn top_p(&self) -> f32 {
         self.top_p
     }
-    pub fn get_min_p(&self) -> f32 {
+    /// min-p (0: off).
+    pub fn min_p(&self) -> f32 {
         self.min_p
     }
-    pub fn get_draw(&self) -> Draw {
+    /// How the token is drawn.
+    pub fn draw(&self) -> Draw {
         self.draw
     }
-    pub fn get_seed(&self) -> u64 {
+    /// The seed of the random streams.
+    pub fn seed(&self) -> u64 {
         self.seed
     }
-    pub fn get_isa(&self) -> Isa {
-        self.softmax.get_isa()
+    /// The ISA the rows run on.
+    pub fn isa(&self) -> Isa {
+        self.softmax.isa()
+    }
+    /// Where the rows of a batch run.
+    pub fn parallelism(&self) -> &Parallelism {
+        self.softmax.parallelism()
     }
 
     /// One token from `logits` at `step` (the stream of row 0).
@@ -376,15 +390,15 @@ impl Sampler {
 
 /// The Gumbel-max trick: argmax(x + G), G a standard Gumbel variate per token
 /// from the stream (seed, 0, step): an exact sample of softmax(x). The same
-/// token as `Sampler::new(seed).draw(Draw::GumbelMax).sample(x, step)`.
+/// token as `Sampler::new(seed).with_draw(Draw::GumbelMax).sample(x, step)`.
 pub fn gumbel_max<T: Element>(logits: &[T], seed: u64, step: u64) -> Result<usize, Error> {
     Sampler::new(seed)
-        .draw(Draw::GumbelMax)
+        .with_draw(Draw::GumbelMax)
         .sample(logits, step)
 }
 
 /// Gumbel-softmax (the concrete / relaxed one-hot distribution):
-/// y = softmax((x + G)/κ), G a standard Gumbel variate per token from the stream
+/// y = softmax((x + G)/τ), G a standard Gumbel variate per token from the stream
 /// (seed, row, step); with `hard`, y is the one-hot of argmax(x + G) instead
 /// (the straight-through estimator's forward value; its backward pass is the
 /// softmax backward of the soft y, which a `hard(false)` call returns).
@@ -396,7 +410,7 @@ pub struct GumbelSoftmax {
 }
 
 impl GumbelSoftmax {
-    /// κ = 1, soft, the best ISA of this CPU.
+    /// τ = 1, soft, the best ISA of this CPU.
     pub fn new(seed: u64) -> Self {
         Self {
             softmax: Softmax::new(),
@@ -405,24 +419,42 @@ impl GumbelSoftmax {
         }
     }
 
-    /// The relaxation temperature κ: finite and at least `f32::MIN_POSITIVE`.
-    pub fn tau(mut self, kappa: f32) -> Result<Self, Error> {
-        self.softmax = self.softmax.temperature(kappa)?;
+    /// The relaxation temperature τ: finite and at least `f32::MIN_POSITIVE`.
+    pub fn with_tau(mut self, tau: f32) -> Result<Self, Error> {
+        self.softmax = self.softmax.with_temperature(tau)?;
         Ok(self)
     }
 
-    pub fn hard(mut self, hard: bool) -> Self {
+    /// Writes the one-hot of the drawn token instead of the relaxed y.
+    pub fn with_hard(mut self, hard: bool) -> Self {
         self.hard = hard;
         self
     }
 
     /// Runs on `isa`; an error if this CPU lacks it.
-    pub fn isa(mut self, isa: Isa) -> Result<Self, Error> {
-        self.softmax = self.softmax.isa(isa)?;
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, Error> {
+        self.softmax = self.softmax.with_isa(isa)?;
         Ok(self)
     }
 
-    /// y = softmax((x + G)/κ) (or its hard one-hot) at `step`, as row 0;
+    /// The relaxation temperature τ.
+    pub fn tau(&self) -> f32 {
+        self.softmax.temperature()
+    }
+    /// Whether the one-hot is written.
+    pub fn hard(&self) -> bool {
+        self.hard
+    }
+    /// The seed of the random streams.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// The ISA the rows run on.
+    pub fn isa(&self) -> Isa {
+        self.softmax.isa()
+    }
+
+    /// y = softmax((x + G)/τ) (or its hard one-hot) at `step`, as row 0;
     /// returns argmax(x + G), the lowest index on a tie.
     pub fn sample<I: Element, O: Element>(
         &self,

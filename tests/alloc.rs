@@ -86,17 +86,17 @@ fn fused_loss_and_grad_allocates_nothing_per_row() {
             (
                 "labels mean smoothing weights",
                 CrossEntropy::new()
-                    .label_smoothing(0.1)
+                    .with_label_smoothing(0.1)
                     .unwrap()
-                    .weights(&weights)
+                    .with_weights(&weights)
                     .unwrap()
-                    .parallelism(par.clone()),
+                    .with_parallelism(par.clone()),
             ),
             (
                 "labels none",
                 CrossEntropy::new()
-                    .reduction(Reduction::None)
-                    .parallelism(par.clone()),
+                    .with_reduction(Reduction::None)
+                    .with_parallelism(par.clone()),
             ),
         ] {
             let mut run = |rows: usize| {
@@ -121,7 +121,7 @@ fn fused_loss_and_grad_allocates_nothing_per_row() {
             );
         }
         // The backward pass over rows, the same way.
-        let sm = Softmax::new().parallelism(par.clone());
+        let sm = Softmax::new().with_parallelism(par.clone());
         let mut run = |rows: usize| {
             let y = Rows::contiguous(&x[..rows * COLS], COLS).unwrap();
             let g = RowsMut::contiguous(&mut grad[..rows * COLS], COLS).unwrap();

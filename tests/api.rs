@@ -48,23 +48,23 @@ fn isa_detection_is_consistent() {
 #[test]
 fn options_defaults_and_getters() {
     let sm = Softmax::new();
-    assert_eq!(sm.get_temperature(), 1.0);
-    assert_eq!(sm.get_isa(), Isa::detect());
-    assert_eq!(sm.get_algorithm(), Algorithm::Auto);
-    assert!(matches!(sm.get_parallelism(), Parallelism::Auto));
-    assert_eq!(Softmax::default().get_isa(), Isa::detect());
+    assert_eq!(sm.temperature(), 1.0);
+    assert_eq!(sm.isa(), Isa::detect());
+    assert_eq!(sm.algorithm(), Algorithm::Auto);
+    assert!(matches!(sm.parallelism(), Parallelism::Auto));
+    assert_eq!(Softmax::default().isa(), Isa::detect());
 
     let sm = Softmax::new()
-        .temperature(0.7)
+        .with_temperature(0.7)
         .unwrap()
-        .isa(Isa::Scalar)
+        .with_isa(Isa::Scalar)
         .unwrap()
-        .algorithm(Algorithm::TwoPass)
-        .parallelism(Parallelism::Serial);
-    assert_eq!(sm.get_temperature(), 0.7);
-    assert_eq!(sm.get_isa(), Isa::Scalar);
-    assert_eq!(sm.get_algorithm(), Algorithm::TwoPass);
-    assert!(matches!(sm.get_parallelism(), Parallelism::Serial));
+        .with_algorithm(Algorithm::TwoPass)
+        .with_parallelism(Parallelism::Serial);
+    assert_eq!(sm.temperature(), 0.7);
+    assert_eq!(sm.isa(), Isa::Scalar);
+    assert_eq!(sm.algorithm(), Algorithm::TwoPass);
+    assert!(matches!(sm.parallelism(), Parallelism::Serial));
 
     assert_eq!(Algorithm::default(), Algorithm::Auto);
     assert_eq!(
@@ -110,7 +110,7 @@ fn free_functions_use_the_default_options() {
 #[test]
 fn auto_switches_to_online_at_the_documented_length() {
     common::for_each_isa("auto_switches_to_online_at_the_documented_length", |isa| {
-        let with = |a: Algorithm| Softmax::new().isa(isa).unwrap().algorithm(a);
+        let with = |a: Algorithm| Softmax::new().with_isa(isa).unwrap().with_algorithm(a);
         for (n, expected) in [
             (AUTO_ONLINE_FROM_COLS - 1, Algorithm::ThreePass),
             (AUTO_ONLINE_FROM_COLS, Algorithm::Online),
@@ -142,9 +142,9 @@ fn scalar_isa_is_the_generic_body_on_the_scalar_token() {
     ] {
         let mut public = vec![0.0f32; x.len()];
         let sm = Softmax::new()
-            .isa(Isa::Scalar)
+            .with_isa(Isa::Scalar)
             .unwrap()
-            .algorithm(algorithm);
+            .with_algorithm(algorithm);
         sm.softmax(&x, &mut public).unwrap();
         let mut kernel = vec![0.0f32; x.len()];
         let n = x.len();

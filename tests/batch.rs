@@ -130,7 +130,10 @@ fn first_difference(a: &[f32], b: &[f32]) -> Option<usize> {
 }
 
 fn options(isa: Isa, algorithm: Algorithm) -> Softmax {
-    Softmax::new().isa(isa).unwrap().algorithm(algorithm)
+    Softmax::new()
+        .with_isa(isa)
+        .unwrap()
+        .with_algorithm(algorithm)
 }
 
 fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
@@ -152,7 +155,11 @@ fn results_do_not_depend_on_the_thread_count() {
         for algorithm in ALGORITHMS {
             let sm = options(isa, algorithm);
             for op in BATCH_OPS {
-                let serial = run(&sm.clone().parallelism(Parallelism::Serial), op, &batch);
+                let serial = run(
+                    &sm.clone().with_parallelism(Parallelism::Serial),
+                    op,
+                    &batch,
+                );
                 let mut variants: Vec<(String, Parallelism)> = pools
                     .iter()
                     .map(|p| {
@@ -164,7 +171,7 @@ fn results_do_not_depend_on_the_thread_count() {
                     .collect();
                 variants.push(("Auto (global pool)".into(), Parallelism::Auto));
                 for (name, parallelism) in variants {
-                    let got = run(&sm.clone().parallelism(parallelism), op, &batch);
+                    let got = run(&sm.clone().with_parallelism(parallelism), op, &batch);
                     if let Some(i) = first_difference(&serial, &got) {
                         panic!(
                             "[isa {isa} | algorithm {} | op {op:?}] 300×1000 stride 1003: {name} \
@@ -297,7 +304,7 @@ fn padding_and_input_are_never_written() {
                 let batch = Batch::new(rows, cols, stride, 9, 33);
                 let before = bits(&batch.data);
                 for parallelism in [Parallelism::Serial, Parallelism::Auto] {
-                    let sm = options(isa, algorithm).parallelism(parallelism.clone());
+                    let sm = options(isa, algorithm).with_parallelism(parallelism.clone());
                     for op in BATCH_OPS {
                         let out = run(&sm, op, &batch);
                         let ctx = format!(

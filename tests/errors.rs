@@ -32,7 +32,7 @@ fn assert_message(e: &Error, numbers: &[&str]) {
 fn length_mismatch() {
     let x = [1.0f32, 2.0, 3.0];
     common::for_each_isa("length_mismatch", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         for out_len in [0, 2, 4] {
             let mut y = sentinels(out_len);
             let calls: [(&str, Result<(), Error>); 2] = [
@@ -80,7 +80,7 @@ fn length_mismatch() {
 fn shape_mismatch() {
     let x = vec![0.5f32; 12];
     common::for_each_isa("shape_mismatch", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         // (rows, cols) of the output against an input of 3 × 4.
         for (rows, cols) in [(4, 3), (2, 4), (3, 5), (3, 3)] {
             let mut y = sentinels(rows * cols);
@@ -207,7 +207,7 @@ fn length_not_multiple() {
 fn output_too_short() {
     let x = vec![0.25f32; 12];
     common::for_each_isa("output_too_short", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         let mut out = sentinels(2);
         let e = sm
             .logsumexp_rows(Rows::contiguous(&x, 4).unwrap(), &mut out)
@@ -235,7 +235,7 @@ fn invalid_temperature() {
         f32::from_bits(1),
         f32::from_bits(f32::MIN_POSITIVE.to_bits() - 1),
     ] {
-        let e = Softmax::new().temperature(t).unwrap_err();
+        let e = Softmax::new().with_temperature(t).unwrap_err();
         assert!(
             matches!(e, Error::InvalidTemperature(got) if got.to_bits() == t.to_bits()),
             "temperature {t}: {e:?}"
@@ -244,7 +244,7 @@ fn invalid_temperature() {
         // A failed option leaves nothing to run: the output stays as it was.
         let mut y = sentinels(3);
         let result = Softmax::new()
-            .temperature(t)
+            .with_temperature(t)
             .and_then(|sm| sm.softmax(&[1.0f32, 2.0, 3.0], &mut y));
         assert!(matches!(result, Err(Error::InvalidTemperature(_))));
         assert!(untouched(&y));
@@ -252,9 +252,9 @@ fn invalid_temperature() {
     // Every finite t from the smallest normal f32 up is valid.
     for t in [f32::MIN_POSITIVE, 1e-4, 1.0, f32::MAX] {
         let sm = Softmax::new()
-            .temperature(t)
+            .with_temperature(t)
             .unwrap_or_else(|e| panic!("t = {t:e}: {e}"));
-        assert_eq!(sm.get_temperature().to_bits(), t.to_bits());
+        assert_eq!(sm.temperature().to_bits(), t.to_bits());
     }
 }
 
@@ -265,7 +265,7 @@ fn isa_unavailable() {
         eprintln!("isa_unavailable: every ISA is available on this CPU; nothing to refuse");
     }
     for isa in unavailable {
-        let e = Softmax::new().isa(isa).unwrap_err();
+        let e = Softmax::new().with_isa(isa).unwrap_err();
         assert!(
             matches!(e, Error::IsaUnavailable(got) if got == isa),
             "{isa}: {e:?}"
@@ -276,7 +276,7 @@ fn isa_unavailable() {
         assert_message(&e, &names);
         let mut y = sentinels(3);
         let result = Softmax::new()
-            .isa(isa)
+            .with_isa(isa)
             .and_then(|sm| sm.log_softmax(&[1.0f32, 2.0, 3.0], &mut y));
         assert!(matches!(result, Err(Error::IsaUnavailable(_))));
         assert!(untouched(&y));

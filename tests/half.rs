@@ -601,10 +601,10 @@ fn on_every_isa<I: Ty, O: Ty>(x: &[I], check: impl Fn(&str, Algorithm, &[O], &[O
     common::for_each_isa("special values", |isa| {
         for algorithm in ALGORITHMS {
             let sm = Softmax::new()
-                .isa(isa)
+                .with_isa(isa)
                 .unwrap()
-                .algorithm(algorithm)
-                .parallelism(Parallelism::Serial);
+                .with_algorithm(algorithm)
+                .with_parallelism(Parallelism::Serial);
             let mut soft = vec![O::default(); x.len()];
             let mut log = vec![O::default(); x.len()];
             sm.softmax(x, &mut soft).unwrap();
@@ -807,7 +807,7 @@ fn half_precision_sums_are_not_half_precision() {
         ("bf16", reference(&widen(&xb), 1.0)),
     ];
     common::for_each_isa("2^20-element half rows", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         for (ty, r) in &refs {
             let (lse, mut y) = if *ty == "f16" {
                 (sm.logsumexp(&xf[..]).unwrap(), vec![0.0f32; n])
@@ -844,7 +844,7 @@ fn batches_match_rows() {
         .map(|_| f16::from_f32(rng.normal(3.0)))
         .collect();
     for isa in Isa::available() {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         let pad = bf16::from_f32(-7.0);
         let mut out = vec![pad; rows * stride];
         sm.log_softmax_rows(

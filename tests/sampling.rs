@@ -272,7 +272,7 @@ fn chi_square_gumbel_max_fn() {
         &probabilities(&x, &Options::t(1.0)),
     );
     // The documented equivalence, token for token.
-    let sampler = Sampler::new(77).draw(Draw::GumbelMax);
+    let sampler = Sampler::new(77).with_draw(Draw::GumbelMax);
     for step in 0..1000 {
         assert_eq!(
             gumbel_max(&row, 77, step).unwrap(),
@@ -677,7 +677,7 @@ fn truncated_logprobs_at_temperature_zero() {
         for i in [150, 70, 199] {
             x[i] = 3.0;
         }
-        let sampler = Options::t(0.0).top_p(0.3).sampler(1).isa(isa).unwrap();
+        let sampler = Options::t(0.0).top_p(0.3).sampler(1).with_isa(isa).unwrap();
         let mut out = vec![1.0f32; 200];
         sampler.truncated_logprobs(&x, &mut out).unwrap();
         for (i, &o) in out.iter().enumerate() {
@@ -716,7 +716,7 @@ fn check_top_logprobs<T: Narrow>(seed: u64) {
                 let v = biased(&widen(&xt), &o.bias);
                 let max = max_of(&v);
                 let top_n = [1, 2, 5, n.min(20), n][rng.below(5)].min(n);
-                let sampler = o.sampler(seed).isa(isa).unwrap();
+                let sampler = o.sampler(seed).with_isa(isa).unwrap();
                 let what = format!(
                     "{isa} {} {kind:?} n {n} top {top_n} [{}]",
                     T::NAME,
@@ -868,7 +868,7 @@ fn same_tokens_whatever_the_thread_count() {
         .collect();
     for o in determinism_configs() {
         let batch = || Rows::contiguous(&x, cols).unwrap();
-        let serial = o.sampler(3).parallelism(Parallelism::Serial);
+        let serial = o.sampler(3).with_parallelism(Parallelism::Serial);
         let mut want = vec![0usize; rows];
         serial.sample_rows(batch(), 17, &mut want).unwrap();
         let mut want_drawn = vec![TokenLogprob::default(); rows];
@@ -883,7 +883,7 @@ fn same_tokens_whatever_the_thread_count() {
             o.name()
         );
         for (name, parallelism) in &pools {
-            let sampler = o.sampler(3).parallelism(parallelism.clone());
+            let sampler = o.sampler(3).with_parallelism(parallelism.clone());
             let mut got = vec![0usize; rows];
             sampler.sample_rows(batch(), 17, &mut got).unwrap();
             assert_eq!(got, want, "[{}] {name} vs serial", o.name());
@@ -1030,7 +1030,7 @@ fn temperature_zero_takes_the_first_max() {
                 Options::t(0.0).top_k(1).draw(Draw::GumbelMax),
                 Options::t(0.0).top_p(0.1).min_p(0.9),
             ] {
-                let s = o.sampler(9).isa(isa).unwrap();
+                let s = o.sampler(9).with_isa(isa).unwrap();
                 let what = format!("{isa} n {n} [{}]", o.name());
                 for step in 0..3 {
                     assert_eq!(s.sample(&x, step).unwrap(), first, "{what}");
@@ -1047,7 +1047,7 @@ fn temperature_zero_takes_the_first_max() {
                 let s = Options::t(0.0)
                     .bias(&[(last, 10.0)])
                     .sampler(1)
-                    .isa(isa)
+                    .with_isa(isa)
                     .unwrap();
                 assert_eq!(s.sample(&x, 0).unwrap(), last, "{isa} n {n}: bias");
                 let mut sorted = ties.clone();
@@ -1055,11 +1055,11 @@ fn temperature_zero_takes_the_first_max() {
                 sorted.dedup();
                 if sorted.len() > 1 {
                     let s = Sampler::new(1)
-                        .temperature(0.0)
+                        .with_temperature(0.0)
                         .unwrap()
                         .ban(&[first])
                         .unwrap();
-                    let s = s.isa(isa).unwrap();
+                    let s = s.with_isa(isa).unwrap();
                     assert_eq!(s.sample(&x, 0).unwrap(), sorted[1], "{isa} n {n}: ban");
                 }
             }
@@ -1084,7 +1084,7 @@ fn nan_anywhere_is_an_error() {
                     // A ban does not hide the NaN: the row holds one.
                     Options::t(1.0).bias(&[(at, f32::NEG_INFINITY)]),
                 ] {
-                    let s = o.sampler(1).isa(isa).unwrap();
+                    let s = o.sampler(1).with_isa(isa).unwrap();
                     let what = format!("{isa} n {n} NaN at {at} [{}]", o.name());
                     let want = Err(Error::NanLogit { row: 0 });
                     assert_eq!(s.sample(&x, 0), want, "{what}");
@@ -1111,7 +1111,7 @@ fn nan_anywhere_is_an_error() {
         let mut x = normal_row(3, rows * cols, 1.0, 0);
         x[3 * cols + 42] = f32::NAN;
         let mut tokens = vec![usize::MAX; rows];
-        let s = Sampler::new(1).isa(isa).unwrap();
+        let s = Sampler::new(1).with_isa(isa).unwrap();
         assert_eq!(
             s.sample_rows(Rows::contiguous(&x, cols).unwrap(), 0, &mut tokens),
             Err(Error::NanLogit { row: 3 }),
@@ -1138,12 +1138,12 @@ fn nothing_finite_is_an_error() {
             let all: Vec<usize> = (1..n).collect();
             for draw in [Draw::InverseCdf, Draw::GumbelMax] {
                 for t in [1.0, 0.0] {
-                    let base = Options::t(t).draw(draw).sampler(2).isa(isa).unwrap();
+                    let base = Options::t(t).draw(draw).sampler(2).with_isa(isa).unwrap();
                     let what = format!("{isa} n {n} t {t} {draw:?}");
                     let want = Err(Error::NoFiniteLogit { row: 0 });
                     assert_eq!(base.sample(&masked, 0), want, "{what}: all -inf");
                     assert_eq!(
-                        base.clone().top_k(2).unwrap().sample(&masked, 0),
+                        base.clone().with_top_k(2).unwrap().sample(&masked, 0),
                         want,
                         "{what}"
                     );
@@ -1162,7 +1162,7 @@ fn nothing_finite_is_an_error() {
         x[2 * cols..3 * cols].fill(f32::NEG_INFINITY);
         let mut tokens = vec![usize::MAX; rows];
         assert_eq!(
-            Sampler::new(1).isa(isa).unwrap().sample_rows(
+            Sampler::new(1).with_isa(isa).unwrap().sample_rows(
                 Rows::contiguous(&x, cols).unwrap(),
                 0,
                 &mut tokens
@@ -1198,7 +1198,7 @@ fn positive_infinity_takes_all_the_mass() {
                 Options::t(0.5).top_k(1).top_p(0.2).min_p(0.9),
                 Options::t(2.0).bias(&[(0, 5.0), (inf[0], -3.0)]),
             ] {
-                let s = o.sampler(3).isa(isa).unwrap();
+                let s = o.sampler(3).with_isa(isa).unwrap();
                 let what = format!("{isa} n {n} +inf at {inf:?} [{}]", o.name());
                 let mut out = vec![0.0f32; n];
                 s.truncated_logprobs(&x, &mut out).unwrap();
@@ -1230,7 +1230,11 @@ fn positive_infinity_takes_all_the_mass() {
                 assert_eq!(got, want, "{what}: top logprobs");
             }
             // A ban removes a +inf token.
-            let s = Sampler::new(4).ban(&[inf[0]]).unwrap().isa(isa).unwrap();
+            let s = Sampler::new(4)
+                .ban(&[inf[0]])
+                .unwrap()
+                .with_isa(isa)
+                .unwrap();
             for step in 0..50 {
                 let t = s.sample(&x, step).unwrap();
                 assert!(
@@ -1246,7 +1250,7 @@ fn positive_infinity_takes_all_the_mass() {
 #[test]
 fn truncated_logprobs_at_temperature_zero_with_infinities() {
     let x = [0.0f32, f32::INFINITY, 1.0, f32::INFINITY];
-    let s = Sampler::new(1).temperature(0.0).unwrap();
+    let s = Sampler::new(1).with_temperature(0.0).unwrap();
     assert_eq!(s.sample(&x, 0), Ok(1));
     let mut out = [9.0f32; 4];
     s.truncated_logprobs(&x, &mut out).unwrap();
@@ -1261,9 +1265,9 @@ fn bias_off_the_f32_grid() {
     // v = [30, 30.100000023841858] at t = 1e-10: token 1 has probability 1 - e^-1e9.
     let x = [30.0f32, 29.0];
     let s = Sampler::new(1)
-        .temperature(1e-10)
+        .with_temperature(1e-10)
         .unwrap()
-        .logit_bias(&[(1, 1.1)])
+        .with_logit_bias(&[(1, 1.1)])
         .unwrap();
     for step in 0..5 {
         assert_eq!(s.sample(&x, step), Ok(1), "step {step}");
@@ -1273,7 +1277,7 @@ fn bias_off_the_f32_grid() {
     assert!(out[1].abs() < 1e-6 && out[0] < -1e8, "{out:?}");
     // A finite bias that takes v past f32::MAX: token 0 is certain.
     let x = [3e38f32, 3e38, 0.0];
-    let s = Sampler::new(1).logit_bias(&[(0, 3e38)]).unwrap();
+    let s = Sampler::new(1).with_logit_bias(&[(0, 3e38)]).unwrap();
     let mut out = [9.0f32; 3];
     s.truncated_logprobs(&x, &mut out).unwrap();
     // ln p₁ = 3e38 - 6e38 exactly; ln p₂ = -6e38 is past f32's range.
@@ -1292,14 +1296,14 @@ fn banned_and_masked_tokens_are_never_drawn() {
     for_each_isa("banned_and_masked_tokens_are_never_drawn", |isa| {
         for draw in [Draw::InverseCdf, Draw::GumbelMax] {
             let s = Sampler::new(5)
-                .draw(draw)
+                .with_draw(draw)
                 .ban(&[7])
                 .unwrap()
-                .isa(isa)
+                .with_isa(isa)
                 .unwrap();
             let counts = count_draws(&s, &x, 20_000);
             assert_eq!((counts[7], counts[8]), (0, 0), "{isa} {draw:?}");
-            let s = s.top_k(1).unwrap();
+            let s = s.with_top_k(1).unwrap();
             let second = (0..n)
                 .filter(|&i| i != 7)
                 .max_by(|&a, &b| x[a].total_cmp(&x[b]).then(b.cmp(&a)))
@@ -1316,18 +1320,18 @@ fn banned_and_masked_tokens_are_never_drawn() {
 #[test]
 fn bias_entries_for_one_token_add_up() {
     let x = [0.0f32, 1.0, 2.0, 3.0];
-    let one = Sampler::new(1).temperature(0.0).unwrap();
-    let split = one.clone().logit_bias(&[(0, 2.0), (0, 2.0)]).unwrap();
+    let one = Sampler::new(1).with_temperature(0.0).unwrap();
+    let split = one.clone().with_logit_bias(&[(0, 2.0), (0, 2.0)]).unwrap();
     assert_eq!(split.sample(&x, 0), Ok(0), "0 + 2 + 2 = 4 > 3");
     let mut a = [0.0f32; 4];
     let mut b = [0.0f32; 4];
     Sampler::new(1)
-        .logit_bias(&[(1, 0.5), (2, -1.0), (1, 0.25)])
+        .with_logit_bias(&[(1, 0.5), (2, -1.0), (1, 0.25)])
         .unwrap()
         .truncated_logprobs(&x, &mut a)
         .unwrap();
     Sampler::new(1)
-        .logit_bias(&[(1, 0.75), (2, -1.0)])
+        .with_logit_bias(&[(1, 0.75), (2, -1.0)])
         .unwrap()
         .truncated_logprobs(&x, &mut b)
         .unwrap();
@@ -1336,20 +1340,20 @@ fn bias_entries_for_one_token_add_up() {
     // `logit_bias` replaces them.
     let s = one
         .clone()
-        .logit_bias(&[(3, 5.0), (3, f32::NEG_INFINITY)])
+        .with_logit_bias(&[(3, 5.0), (3, f32::NEG_INFINITY)])
         .unwrap();
     assert_eq!(s.sample(&x, 0), Ok(2));
     let s = one
         .clone()
-        .logit_bias(&[(0, 10.0)])
+        .with_logit_bias(&[(0, 10.0)])
         .unwrap()
         .ban(&[3])
         .unwrap();
     assert_eq!(s.sample(&x, 0), Ok(0));
-    let s = s.logit_bias(&[(1, 10.0)]).unwrap();
+    let s = s.with_logit_bias(&[(1, 10.0)]).unwrap();
     assert_eq!(s.sample(&x, 0), Ok(1));
     // A bias is checked against the row at the call: token 9 fits a row of 10, not of 4.
-    let s = one.logit_bias(&[(9, 100.0)]).unwrap();
+    let s = one.with_logit_bias(&[(9, 100.0)]).unwrap();
     assert_eq!(s.sample(&[0.0f32; 10], 0), Ok(9));
     assert_eq!(
         s.sample(&x, 0),
@@ -1361,8 +1365,11 @@ fn bias_entries_for_one_token_add_up() {
 
 #[test]
 fn error_invalid_options() {
-    assert_eq!(Sampler::new(0).top_k(0).err(), Some(Error::InvalidTopK(0)));
-    assert!(Sampler::new(0).top_k(1).is_ok());
+    assert_eq!(
+        Sampler::new(0).with_top_k(0).err(),
+        Some(Error::InvalidTopK(0))
+    );
+    assert!(Sampler::new(0).with_top_k(1).is_ok());
     for p in [
         0.0f32,
         -0.0,
@@ -1372,22 +1379,22 @@ fn error_invalid_options() {
         f32::INFINITY,
         f32::NAN,
     ] {
-        match Sampler::new(0).top_p(p) {
+        match Sampler::new(0).with_top_p(p) {
             Err(Error::InvalidTopP(q)) => assert_eq!(q.to_bits(), p.to_bits(), "top_p {p}"),
             other => panic!("top_p {p}: {other:?}"),
         }
     }
     for p in [1.0f32, 1e-30, 0.5] {
-        assert!(Sampler::new(0).top_p(p).is_ok(), "top_p {p}");
+        assert!(Sampler::new(0).with_top_p(p).is_ok(), "top_p {p}");
     }
     for p in [-1e-30f32, -1.0, 1.0 + f32::EPSILON, f32::INFINITY, f32::NAN] {
-        match Sampler::new(0).min_p(p) {
+        match Sampler::new(0).with_min_p(p) {
             Err(Error::InvalidMinP(q)) => assert_eq!(q.to_bits(), p.to_bits(), "min_p {p}"),
             other => panic!("min_p {p}: {other:?}"),
         }
     }
     for p in [0.0f32, 1.0, 0.5] {
-        assert!(Sampler::new(0).min_p(p).is_ok(), "min_p {p}");
+        assert!(Sampler::new(0).with_min_p(p).is_ok(), "min_p {p}");
     }
     let subnormal = f32::MIN_POSITIVE / 2.0;
     for t in [
@@ -1399,24 +1406,27 @@ fn error_invalid_options() {
         subnormal,
         1e-45,
     ] {
-        match Sampler::new(0).temperature(t) {
+        match Sampler::new(0).with_temperature(t) {
             Err(Error::InvalidTemperature(u)) => assert_eq!(u.to_bits(), t.to_bits(), "t {t}"),
             other => panic!("temperature {t}: {other:?}"),
         }
-        match GumbelSoftmax::new(0).tau(t) {
+        match GumbelSoftmax::new(0).with_tau(t) {
             Err(Error::InvalidTemperature(_)) => {}
             other => panic!("tau {t}: {other:?}"),
         }
     }
     assert!(matches!(
-        GumbelSoftmax::new(0).tau(0.0),
+        GumbelSoftmax::new(0).with_tau(0.0),
         Err(Error::InvalidTemperature(_))
     ));
     for t in [0.0f32, f32::MIN_POSITIVE, 1.0, f32::MAX] {
-        assert_eq!(Sampler::new(0).temperature(t).unwrap().get_temperature(), t);
+        assert_eq!(
+            Sampler::new(0).with_temperature(t).unwrap().temperature(),
+            t
+        );
     }
     for b in [f32::NAN, f32::INFINITY] {
-        match Sampler::new(0).logit_bias(&[(1, 0.5), (3, b)]) {
+        match Sampler::new(0).with_logit_bias(&[(1, 0.5), (3, b)]) {
             Err(Error::InvalidBias { token: 3, bias }) => {
                 assert_eq!(bias.to_bits(), b.to_bits())
             }
@@ -1424,7 +1434,7 @@ fn error_invalid_options() {
         }
     }
     assert!(Sampler::new(0)
-        .logit_bias(&[(3, f32::NEG_INFINITY), (4, -1e30)])
+        .with_logit_bias(&[(3, f32::NEG_INFINITY), (4, -1e30)])
         .is_ok());
 }
 
@@ -1482,15 +1492,17 @@ fn error_bias_out_of_range() {
             cols: 10,
         };
         for s in [
-            Sampler::new(1).logit_bias(&[(2, 1.0), (10, 1.0)]).unwrap(),
+            Sampler::new(1)
+                .with_logit_bias(&[(2, 1.0), (10, 1.0)])
+                .unwrap(),
             Sampler::new(1).ban(&[10]).unwrap(),
             Sampler::new(1)
                 .ban(&[3, 10])
                 .unwrap()
-                .temperature(0.0)
+                .with_temperature(0.0)
                 .unwrap(),
         ] {
-            let s = s.isa(isa).unwrap();
+            let s = s.with_isa(isa).unwrap();
             let row = &x[..10];
             let mut o = Outputs::new(4, 4, 8, 10);
             expect_error("sample", s.sample(row, 0), want.clone(), &o);
@@ -1524,7 +1536,7 @@ fn error_bias_out_of_range() {
 #[test]
 fn error_empty_row() {
     for_each_isa("error_empty_row", |isa| {
-        let s = Sampler::new(1).isa(isa).unwrap();
+        let s = Sampler::new(1).with_isa(isa).unwrap();
         let empty: [f32; 0] = [];
         let mut o = Outputs::new(3, 3, 0, 0);
         expect_error("sample", s.sample(&empty, 0), Error::EmptyRow, &o);
@@ -1538,12 +1550,12 @@ fn error_empty_row() {
             Error::EmptyRow,
             &o,
         );
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         expect_error("soft_argmax", sm.soft_argmax(&empty), Error::EmptyRow, &o);
         let mut out = Outputs::new(0, 0, 0, 3);
         let res = sm.soft_argmax_rows(r, &mut out.logprobs);
         expect_error("soft_argmax_rows", res, Error::EmptyRow, &out);
-        let g = GumbelSoftmax::new(1).isa(isa).unwrap();
+        let g = GumbelSoftmax::new(1).with_isa(isa).unwrap();
         let res = g.sample(&empty, &mut [0.0f32; 0], 0);
         expect_error("GumbelSoftmax::sample", res, Error::EmptyRow, &o);
         expect_error("gumbel_max", gumbel_max(&empty, 1, 0), Error::EmptyRow, &o);
@@ -1588,7 +1600,7 @@ fn error_output_too_short() {
         let (rows, cols) = (5, 33);
         let x = normal_row(71, rows * cols, 1.0, 0);
         let r = Rows::contiguous(&x, cols).unwrap();
-        let s = Sampler::new(1).isa(isa).unwrap();
+        let s = Sampler::new(1).with_isa(isa).unwrap();
         let mut o = Outputs::new(rows - 1, rows, rows * 3, 0);
         let res = s.sample_rows(r, 0, &mut o.tokens);
         expect_error(
@@ -1608,7 +1620,7 @@ fn error_output_too_short() {
             "top list: {res:?}"
         );
         assert!(o.untouched(), "top list: a buffer changed");
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         let mut o = Outputs::new(0, 0, 0, rows - 1);
         let res = sm.soft_argmax_rows(r, &mut o.logprobs);
         expect_error(
@@ -1619,7 +1631,7 @@ fn error_output_too_short() {
         );
         let mut y = vec![0.5f32; rows * cols];
         let mut indices = vec![usize::MAX; rows - 1];
-        let g = GumbelSoftmax::new(1).isa(isa).unwrap();
+        let g = GumbelSoftmax::new(1).with_isa(isa).unwrap();
         let res = g.sample_rows(
             r,
             RowsMut::contiguous(&mut y, cols).unwrap(),
@@ -1639,7 +1651,7 @@ fn error_output_too_short() {
 fn error_too_many_logprobs() {
     for_each_isa("error_too_many_logprobs", |isa| {
         let x = normal_row(72, 24, 1.0, 0);
-        let s = Sampler::new(1).isa(isa).unwrap();
+        let s = Sampler::new(1).with_isa(isa).unwrap();
         let mut o = Outputs::new(0, 2, 2 * 13, 0);
         let res = s.sample_with_logprobs(&x[..12], 0, &mut o.top[..13]);
         let want = Error::TooManyLogprobs {
@@ -1661,7 +1673,7 @@ fn error_too_many_logprobs() {
 fn error_length_mismatch() {
     for_each_isa("error_length_mismatch", |isa| {
         let x = normal_row(73, 20, 1.0, 0);
-        let s = Sampler::new(1).isa(isa).unwrap();
+        let s = Sampler::new(1).with_isa(isa).unwrap();
         for len in [19, 21, 0] {
             let mut o = Outputs::new(0, 0, 0, len);
             let res = s.truncated_logprobs(&x, &mut o.logprobs);
@@ -1670,11 +1682,11 @@ fn error_length_mismatch() {
                 output: len,
             };
             expect_error("truncated_logprobs", res, want.clone(), &o);
-            let g = GumbelSoftmax::new(1).isa(isa).unwrap();
+            let g = GumbelSoftmax::new(1).with_isa(isa).unwrap();
             let res = g.sample(&x, &mut o.logprobs, 0);
             expect_error("GumbelSoftmax::sample", res, want, &o);
         }
-        let g = GumbelSoftmax::new(1).isa(isa).unwrap();
+        let g = GumbelSoftmax::new(1).with_isa(isa).unwrap();
         let mut y = vec![0.375f32; 2 * 9];
         let mut indices = [usize::MAX; 2];
         let res = g.sample_rows(
@@ -1706,9 +1718,9 @@ fn gumbel_softmax_rows_error_writes_nothing() {
 
 // ---- Gumbel-softmax ----
 
-/// y = softmax((x + G)/κ) in f64, G from the stream (seed, row, step), x + G
+/// y = softmax((x + G)/τ) in f64, G from the stream (seed, row, step), x + G
 /// rounded to f32 first as the crate documents.
-fn gumbel_softmax_reference(x: &[f64], kappa: f32, stream: Stream) -> (Vec<f64>, usize) {
+fn gumbel_softmax_reference(x: &[f64], tau: f32, stream: Stream) -> (Vec<f64>, usize) {
     let p: Vec<f64> = x
         .iter()
         .enumerate()
@@ -1720,7 +1732,7 @@ fn gumbel_softmax_reference(x: &[f64], kappa: f32, stream: Stream) -> (Vec<f64>,
         .map(|(i, &v)| v + stream.gumbel(i as u64))
         .collect();
     let m = max_of(&p);
-    let e: Vec<f64> = p.iter().map(|&v| ((v - m) / kappa as f64).exp()).collect();
+    let e: Vec<f64> = p.iter().map(|&v| ((v - m) / tau as f64).exp()).collect();
     let s: f64 = e.iter().sum();
     (e.iter().map(|v| v / s).collect(), argmax(&exact))
 }
@@ -1731,13 +1743,17 @@ fn check_gumbel_softmax<I: Narrow, O: Narrow>(isa: Isa) {
         let x32: Vec<f32> = (0..n).map(|_| rng.normal(2.0)).collect();
         let xt: Vec<I> = narrow(&x32);
         let x = widen(&xt);
-        for kappa in [1.0f32, 0.5, 2.0] {
-            let what = format!("{isa} {}→{} n {n} κ {kappa}", I::NAME, O::NAME);
-            let g = GumbelSoftmax::new(6).tau(kappa).unwrap().isa(isa).unwrap();
+        for tau in [1.0f32, 0.5, 2.0] {
+            let what = format!("{isa} {}→{} n {n} τ {tau}", I::NAME, O::NAME);
+            let g = GumbelSoftmax::new(6)
+                .with_tau(tau)
+                .unwrap()
+                .with_isa(isa)
+                .unwrap();
             let mut y = vec![O::from_f32(-1.0); n];
             let index = g.sample(&xt, &mut y, 4).unwrap();
             let y = widen(&y);
-            let (want, want_index) = gumbel_softmax_reference(&x, kappa, Stream::new(6, 0, 4));
+            let (want, want_index) = gumbel_softmax_reference(&x, tau, Stream::new(6, 0, 4));
             assert_eq!(index, want_index, "{what}: index");
             // O's rounding plus the f32 softmax bound, generously.
             let tol = 2.0f64.powi(-O::MANTISSA) + 1e-5;
@@ -1759,7 +1775,7 @@ fn check_gumbel_softmax<I: Narrow, O: Narrow>(isa: Isa) {
             let ymax = max_of(&y);
             assert_eq!(y[index], ymax, "{what}: the index is not the argmax of y");
             // Hard: the one-hot of the same index (the same noise).
-            let hard = g.clone().hard(true);
+            let hard = g.clone().with_hard(true);
             let mut h = vec![O::from_f32(0.5); n];
             assert_eq!(
                 hard.sample(&xt, &mut h, 4).unwrap(),
@@ -1777,7 +1793,7 @@ fn check_gumbel_softmax<I: Narrow, O: Narrow>(isa: Isa) {
                 g.sample(&xt, &mut again, 5).unwrap();
                 assert_ne!(widen(&again), y, "{what}: step 5 gave the noise of step 4");
                 GumbelSoftmax::new(7)
-                    .tau(kappa)
+                    .with_tau(tau)
                     .unwrap()
                     .sample(&xt, &mut again, 4)
                     .unwrap();
@@ -1804,7 +1820,7 @@ fn gumbel_softmax_rows() {
     let (rows, cols) = (4, 37);
     let x = normal_row(81, rows * cols, 1.5, 3);
     for hard in [false, true] {
-        let g = GumbelSoftmax::new(8).hard(hard);
+        let g = GumbelSoftmax::new(8).with_hard(hard);
         let mut y = vec![0.0f32; rows * cols];
         let mut indices = vec![0; rows];
         g.sample_rows(
@@ -1843,7 +1859,7 @@ fn chi_square_gumbel_softmax_hard() {
     let (rows, cols) = (2000, 12);
     let row = normal_row(82, cols, 1.0, 1);
     let batch: Vec<f32> = row.iter().copied().cycle().take(rows * cols).collect();
-    let g = GumbelSoftmax::new(9).hard(true);
+    let g = GumbelSoftmax::new(9).with_hard(true);
     let mut y = vec![0.0f32; rows * cols];
     let mut indices = vec![0; rows];
     let mut counts = vec![0u64; cols];
@@ -1913,7 +1929,11 @@ fn check_soft_argmax<T: Narrow>(isa: Isa) -> f64 {
             let row: Vec<T> = narrow(&kind.row(&mut rng, n));
             let x = widen(&row);
             for t in [1.0f32, 0.5, 3.0] {
-                let sm = Softmax::new().isa(isa).unwrap().temperature(t).unwrap();
+                let sm = Softmax::new()
+                    .with_isa(isa)
+                    .unwrap()
+                    .with_temperature(t)
+                    .unwrap();
                 let got = sm.soft_argmax(&row).unwrap();
                 let what = format!("{isa} {} {kind:?} n {n} t {t}", T::NAME);
                 if max_of(&x) == f64::NEG_INFINITY {
@@ -1941,7 +1961,7 @@ fn soft_argmax_matches_the_reference() {
         eprintln!(
             "soft_argmax {isa}: max scaled error f32 {e32:.2e}, f16 {e16:.2e}, bf16 {eb16:.2e}"
         );
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         assert!(
             sm.soft_argmax(&[0.0f32, f32::NAN, 1.0]).unwrap().is_nan(),
             "{isa}: NaN row"

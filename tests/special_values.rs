@@ -198,7 +198,10 @@ fn negative_infinity_among_finite_gives_exact_zero() {
 fn empty_rows_are_valid_and_write_nothing() {
     common::for_each_isa("empty_rows_are_valid_and_write_nothing", |isa| {
         for algorithm in ALGORITHMS {
-            let sm = Softmax::new().isa(isa).unwrap().algorithm(algorithm);
+            let sm = Softmax::new()
+                .with_isa(isa)
+                .unwrap()
+                .with_algorithm(algorithm);
             let ctx = format!("[isa {isa} | algorithm {}]", algorithm.name());
             let empty: [f32; 0] = [];
             assert_eq!(
@@ -231,7 +234,7 @@ fn empty_rows_are_valid_and_write_nothing() {
             let sentinel = common::inputs::SENTINEL;
             let x = vec![sentinel; 7];
             let mut buf = vec![sentinel; 7];
-            let sm = sm.parallelism(Parallelism::Serial);
+            let sm = sm.with_parallelism(Parallelism::Serial);
             let rows = || softmax::Rows::new(&x, 3, 0, 3).unwrap();
             sm.softmax_rows(rows(), RowsMut::new(&mut buf, 3, 0, 3).unwrap())
                 .unwrap();

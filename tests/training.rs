@@ -70,7 +70,7 @@ fn output_name(output: Output) -> &'static str {
 /// The forward output (softmax or log-softmax of x/t) from the crate, as the
 /// backward pass's input.
 fn forward(output: Output, t: f32, x: &[f32]) -> Vec<f32> {
-    let sm = Softmax::new().temperature(t).unwrap();
+    let sm = Softmax::new().with_temperature(t).unwrap();
     let mut y = vec![0.0f32; x.len()];
     match output {
         Output::Softmax => sm.softmax(x, &mut y),
@@ -1646,7 +1646,7 @@ fn cross_entropy_is_deterministic_across_thread_counts() {
 // ---- Errors: one test per variant; every buffer untouched. ----
 
 fn ce(isa: Isa) -> CrossEntropy<'static> {
-    CrossEntropy::new().isa(isa).unwrap()
+    CrossEntropy::new().with_isa(isa).unwrap()
 }
 
 /// Runs `call` on copies of the buffers and checks the error and that nothing changed.
@@ -1707,7 +1707,7 @@ fn rm(d: &mut [f32], rows: usize, cols: usize) -> RowsMut<'_, f32> {
 #[test]
 fn error_length_mismatch() {
     common::for_each_isa("error_length_mismatch", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         let is = |e: &Error| matches!(e, Error::LengthMismatch { .. });
         Buffers::new(8, 0).expect(
             &format!("[{isa}] softmax_backward dx short"),
@@ -1740,7 +1740,7 @@ fn error_length_mismatch() {
 #[test]
 fn error_shape_mismatch() {
     common::for_each_isa("error_shape_mismatch", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         let is = |e: &Error| matches!(e, Error::ShapeMismatch { .. });
         Buffers::new(12, 4).expect(
             &format!("[{isa}] softmax_backward_rows"),
@@ -1805,7 +1805,7 @@ fn error_shape_mismatch() {
 #[test]
 fn error_jacobian_length() {
     common::for_each_isa("error_jacobian_length", |isa| {
-        let sm = Softmax::new().isa(isa).unwrap();
+        let sm = Softmax::new().with_isa(isa).unwrap();
         for len in [0, 15, 17, 4] {
             Buffers::new(20, 0).expect(
                 &format!("[{isa}] jacobian K=4 len {len}"),
@@ -1881,7 +1881,7 @@ fn error_label_out_of_range() {
         let labels_i = [-100i64, 2, 3];
         Buffers::new(12, 3).expect(&format!("[{isa}] ignore None"), is, |x, g, _, l| {
             ce(isa)
-                .ignore_index(None)
+                .with_ignore_index(None)
                 .loss_and_grad(r(x, 3, 4), &labels_i, rm(g, 3, 4), Some(l))
                 .map(|_| ())
         });
@@ -1915,7 +1915,7 @@ fn error_weight_count() {
             },
             |x, g, _, l| {
                 ce(isa)
-                    .weights(&w)
+                    .with_weights(&w)
                     .unwrap()
                     .loss_and_grad(r(x, 3, 4), &labels, rm(g, 3, 4), Some(l))
                     .map(|_| ())
@@ -1931,7 +1931,7 @@ fn error_weights_with_soft_targets() {
         let is = |e: &Error| *e == Error::WeightsWithSoftTargets;
         Buffers::new(12, 3).expect(&format!("[{isa}] soft_loss_and_grad"), is, |x, q, g, l| {
             ce(isa)
-                .weights(&w)
+                .with_weights(&w)
                 .unwrap()
                 .soft_loss_and_grad(r(x, 3, 4), r(q, 3, 4), rm(g, 3, 4), Some(l))
                 .map(|_| ())
@@ -1941,7 +1941,7 @@ fn error_weights_with_soft_targets() {
             is,
             |x, q, _, l| {
                 ce(isa)
-                    .weights(&w)
+                    .with_weights(&w)
                     .unwrap()
                     .soft_loss_and_grad_in_place(rm(x, 3, 4), r(q, 3, 4), Some(l))
                     .map(|_| ())
@@ -1979,7 +1979,7 @@ fn error_losses_required() {
         let labels = [0i64, 1, 2];
         Buffers::new(12, 0).expect(&format!("[{isa}] loss_and_grad None"), is, |x, g, _, _| {
             ce(isa)
-                .reduction(Reduction::None)
+                .with_reduction(Reduction::None)
                 .loss_and_grad(r(x, 3, 4), &labels, rm(g, 3, 4), None)
                 .map(|_| ())
         });
@@ -1988,7 +1988,7 @@ fn error_losses_required() {
             is,
             |x, q, _, _| {
                 ce(isa)
-                    .reduction(Reduction::None)
+                    .with_reduction(Reduction::None)
                     .soft_loss_and_grad_in_place(rm(x, 3, 4), r(q, 3, 4), None)
                     .map(|_| ())
             },
@@ -1999,7 +1999,7 @@ fn error_losses_required() {
 #[test]
 fn error_invalid_options() {
     for eps in [-0.1f32, 1.0, 1.5, f32::NAN, f32::INFINITY] {
-        match CrossEntropy::new().label_smoothing(eps) {
+        match CrossEntropy::new().with_label_smoothing(eps) {
             Err(Error::InvalidSmoothing(e)) => assert!(
                 e.to_bits() == eps.to_bits(),
                 "smoothing {eps}: reported {e}"
@@ -2012,18 +2012,18 @@ fn error_invalid_options() {
         (vec![f32::NAN], 0),
         (vec![0.0, 1.0, f32::INFINITY], 2),
     ] {
-        match CrossEntropy::new().weights(&w) {
+        match CrossEntropy::new().with_weights(&w) {
             Err(Error::InvalidWeight { class: c, .. }) => assert_eq!(c, class, "weights {w:?}"),
             other => panic!("weights {w:?}: expected InvalidWeight, got {other:?}"),
         }
     }
     assert!(matches!(
-        CrossEntropy::new().temperature(0.0),
+        CrossEntropy::new().with_temperature(0.0),
         Err(Error::InvalidTemperature(_))
     ));
     // Zero weights and ε = 0 are valid.
-    assert!(CrossEntropy::new().weights(&[0.0, 0.0]).is_ok());
-    assert!(CrossEntropy::new().label_smoothing(0.0).is_ok());
+    assert!(CrossEntropy::new().with_weights(&[0.0, 0.0]).is_ok());
+    assert!(CrossEntropy::new().with_label_smoothing(0.0).is_ok());
 }
 
 /// Library bug (kernels/src/cross_entropy.rs, `cross_entropy_row`): with a hard
@@ -2040,9 +2040,9 @@ fn loss_and_grad_with_a_masked_logit_and_no_smoothing() {
             let x = [0.0f32, f32::NEG_INFINITY];
             let mut grad = [f32::NAN; 2];
             let ce = CrossEntropy::new()
-                .isa(isa)
+                .with_isa(isa)
                 .unwrap()
-                .reduction(Reduction::Sum);
+                .with_reduction(Reduction::Sum);
             let only = ce
                 .loss(Rows::contiguous(&x, 2).unwrap(), &[0i64], None)
                 .unwrap();

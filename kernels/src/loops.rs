@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `x[i]` is one vector of a row, or a pair of vectors from two rows of equal
-//! length read in step (a main row and a side row: [`run_pair`]; the backward
+//! length read in step (a main row and a side row: `run_pair`; the backward
 //! passes and the cross-entropy with weights or soft targets). A kernel that
 //! produces values has them stored by the same loop (out of place or in
 //! place); a reduction over a read-only row stores nothing.

@@ -59,12 +59,12 @@ impl Backend {
 
     fn options(isa: Isa, algorithm: Algorithm, t: f32) -> Softmax {
         Softmax::new()
-            .isa(isa)
+            .with_isa(isa)
             .unwrap_or_else(|e| panic!("{isa} was reported available: {e}"))
-            .temperature(t)
+            .with_temperature(t)
             .unwrap_or_else(|e| panic!("temperature {t:e} is valid: {e}"))
-            .algorithm(algorithm)
-            .parallelism(Parallelism::Serial)
+            .with_algorithm(algorithm)
+            .with_parallelism(Parallelism::Serial)
     }
 
     /// The kernel method `algorithm` means for rows of `cols` (as the crate maps `Auto`).
@@ -74,6 +74,7 @@ impl Backend {
             Algorithm::Auto | Algorithm::Online => Method::Online,
             Algorithm::ThreePass => Method::ThreePass,
             Algorithm::TwoPass => Method::TwoPass,
+            other => panic!("an algorithm the tests do not know: {other:?}"),
         }
     }
 
@@ -156,7 +157,7 @@ impl Backend {
     ) -> Result<(), Error> {
         let rows = Rows::contiguous(x, cols)?;
         if let Backend::Isa(isa) = self {
-            let sampler = sampler.clone().isa(isa)?;
+            let sampler = sampler.clone().with_isa(isa)?;
             return match kept {
                 Some(kept) => {
                     assert_eq!(rows.rows(), 1, "truncated_logprobs takes one row");

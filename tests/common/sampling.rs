@@ -74,19 +74,19 @@ impl Options {
     pub fn sampler(&self, seed: u64) -> Sampler {
         let name = self.name();
         let mut s = Sampler::new(seed)
-            .temperature(self.t)
+            .with_temperature(self.t)
             .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .top_p(self.top_p)
+            .with_top_p(self.top_p)
             .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .min_p(self.min_p)
+            .with_min_p(self.min_p)
             .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .draw(self.draw);
+            .with_draw(self.draw);
         if let Some(k) = self.top_k {
-            s = s.top_k(k).unwrap_or_else(|e| panic!("{name}: {e}"));
+            s = s.with_top_k(k).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         if !self.bias.is_empty() {
             s = s
-                .logit_bias(&self.bias)
+                .with_logit_bias(&self.bias)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         s
@@ -464,6 +464,7 @@ pub fn reference_draw(
             let near = best.0 - second <= 1e-12 * best.0.abs().max(1.0);
             (best.1, near)
         }
+        other => panic!("a draw the reference does not know: {other:?}"),
     }
 }
 

@@ -98,17 +98,17 @@ impl<'w> LossConfig<'w> {
     /// The public API's options, on `isa` and `parallelism`.
     pub fn api(&self, isa: Isa, parallelism: Parallelism) -> CrossEntropy<'w> {
         let mut ce = CrossEntropy::new()
-            .isa(isa)
+            .with_isa(isa)
             .unwrap()
-            .temperature(self.t)
+            .with_temperature(self.t)
             .unwrap()
-            .label_smoothing(self.smoothing)
+            .with_label_smoothing(self.smoothing)
             .unwrap()
-            .ignore_index(self.ignore)
-            .reduction(self.reduction)
-            .parallelism(parallelism);
+            .with_ignore_index(self.ignore)
+            .with_reduction(self.reduction)
+            .with_parallelism(parallelism);
         if let Some(w) = self.weights {
-            ce = ce.weights(w).unwrap();
+            ce = ce.with_weights(w).unwrap();
         }
         ce
     }
@@ -189,11 +189,11 @@ pub enum Target<'a, T> {
 
 fn softmax_options(isa: Isa, t: f32, parallelism: Parallelism) -> Softmax {
     Softmax::new()
-        .isa(isa)
+        .with_isa(isa)
         .unwrap_or_else(|e| panic!("{isa} was reported available: {e}"))
-        .temperature(t)
+        .with_temperature(t)
         .unwrap_or_else(|e| panic!("temperature {t:e} is valid: {e}"))
-        .parallelism(parallelism)
+        .with_parallelism(parallelism)
 }
 
 fn rows<T: Element>(data: &[T], s: Shape) -> Rows<'_, T> {

@@ -42,6 +42,7 @@ pub use blocks::BLOCK;
 
 /// How the token is drawn from the logits that truncation keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Draw {
     /// One uniform u; the first token whose running sum of e^z (in index order)
     /// exceeds u·Σe^z.

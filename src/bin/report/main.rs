@@ -946,10 +946,10 @@ struct Reference {
 impl Reference {
     fn new(work: &Workload) -> Self {
         let scalar = Softmax::new()
-            .isa(Isa::Scalar)
+            .with_isa(Isa::Scalar)
             .expect("the scalar ISA is always available")
-            .algorithm(Algorithm::ThreePass)
-            .parallelism(Parallelism::Serial);
+            .with_algorithm(Algorithm::ThreePass)
+            .with_parallelism(Parallelism::Serial);
         let cols = work.shape.cols;
         let x = || Rows::contiguous(work.x[0].as_slice(), cols).unwrap();
         let mut softmax = vec![0.0; work.shape.elements()];
@@ -973,10 +973,10 @@ impl Reference {
 /// The scalar ISA's softmax of `logits` stored as `input` (what the kernels read), in f32.
 fn reference_softmax(input: Dtype, logits: &[f32], cols: usize) -> Vec<f32> {
     let scalar = Softmax::new()
-        .isa(Isa::Scalar)
+        .with_isa(Isa::Scalar)
         .expect("the scalar ISA is always available")
-        .algorithm(Algorithm::ThreePass)
-        .parallelism(Parallelism::Serial);
+        .with_algorithm(Algorithm::ThreePass)
+        .with_parallelism(Parallelism::Serial);
     let x: Vec<f32> = logits.iter().map(|&v| input.round(v)).collect();
     let mut y = vec![0.0; x.len()];
     scalar
@@ -1097,10 +1097,10 @@ fn measure_group(
             }
         };
         let options = Softmax::new()
-            .isa(isa)
+            .with_isa(isa)
             .expect("ISAs were checked when parsed")
-            .algorithm(algorithm)
-            .parallelism(parallelism(&pool));
+            .with_algorithm(algorithm)
+            .with_parallelism(parallelism(&pool));
         let (shape, out_of_cache, buffer_sets) = (work.shape, work.out_of_cache, work.sets());
         let mut job = OpRun {
             work,
@@ -1223,10 +1223,10 @@ impl HalfJob<'_> {
         let mut records = Vec::new();
         for (threads, pool) in self.pools {
             let options = Softmax::new()
-                .isa(Isa::detect())
+                .with_isa(Isa::detect())
                 .expect("the detected ISA is available")
-                .algorithm(Algorithm::Auto)
-                .parallelism(parallelism(pool));
+                .with_algorithm(Algorithm::Auto)
+                .with_parallelism(parallelism(pool));
             let (out_of_cache, buffer_sets) = (work.out_of_cache, work.sets());
             let mut job = TypedRun {
                 work: &mut work,
@@ -1306,14 +1306,14 @@ fn measure_training_shape(
     let mut records = Vec::new();
     for (threads, pool) in pools {
         let softmax = Softmax::new()
-            .isa(Isa::detect())
+            .with_isa(Isa::detect())
             .expect("the detected ISA is available")
-            .algorithm(Algorithm::Auto)
-            .parallelism(parallelism(pool));
+            .with_algorithm(Algorithm::Auto)
+            .with_parallelism(parallelism(pool));
         let cross_entropy = softmax::CrossEntropy::new()
-            .isa(Isa::detect())
+            .with_isa(Isa::detect())
             .expect("the detected ISA is available")
-            .parallelism(parallelism(pool));
+            .with_parallelism(parallelism(pool));
         let mut group: Vec<Record> = Pass::ALL
             .iter()
             .map(|&pass| Record {
@@ -2472,8 +2472,8 @@ mod tests {
         // Rows of 37: a masked tail on every ISA; 3 rows: the check rows overlap.
         let mut work = Training::new(3, 37);
         for isa in Isa::available() {
-            let softmax = Softmax::new().isa(isa).unwrap();
-            let cross_entropy = softmax::CrossEntropy::new().isa(isa).unwrap();
+            let softmax = Softmax::new().with_isa(isa).unwrap();
+            let cross_entropy = softmax::CrossEntropy::new().with_isa(isa).unwrap();
             for pass in Pass::ALL {
                 let error = work.check(pass, &softmax, &cross_entropy);
                 assert!(

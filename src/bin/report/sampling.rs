@@ -95,6 +95,7 @@ impl Case {
             Case::MinP => "min-p/inverse-cdf",
             Case::TopP => "top-p/inverse-cdf",
             Case::FullSort => "full-sort-reference",
+            Case::TopKTopP(_) | Case::FullRow(_) => "other-draw",
         }
     }
 
@@ -108,6 +109,7 @@ impl Case {
             | Case::TopP => "inverse-cdf",
             Case::TopKTopP(Draw::GumbelMax) | Case::FullRow(Draw::GumbelMax) => "gumbel-max",
             Case::FullSort => "sort",
+            Case::TopKTopP(_) | Case::FullRow(_) => "other",
         }
     }
 
@@ -145,17 +147,17 @@ impl Case {
             _ => Draw::InverseCdf,
         };
         let base = Sampler::new(SEED)
-            .draw(draw)
-            .temperature(TEMPERATURE)
-            .and_then(|s| s.isa(isa))
+            .with_draw(draw)
+            .with_temperature(TEMPERATURE)
+            .and_then(|s| s.with_isa(isa))
             .expect("valid options on an available ISA")
-            .parallelism(Parallelism::Serial);
+            .with_parallelism(Parallelism::Serial);
         let sampler = match self {
             Case::Softmax | Case::FullSort => return None,
-            Case::TopKTopP(_) => base.top_k(TOP_K).and_then(|s| s.top_p(TOP_P)),
+            Case::TopKTopP(_) => base.with_top_k(TOP_K).and_then(|s| s.with_top_p(TOP_P)),
             Case::FullRow(_) => Ok(base),
-            Case::MinP => base.min_p(MIN_P),
-            Case::TopP => base.top_p(TOP_P),
+            Case::MinP => base.with_min_p(MIN_P),
+            Case::TopP => base.with_top_p(TOP_P),
         };
         Some(sampler.expect("valid options"))
     }
@@ -353,7 +355,7 @@ impl SamplingRow {
             cols,
             probs: vec![0.0; cols],
             logits,
-            softmax: Softmax::new().parallelism(Parallelism::Serial),
+            softmax: Softmax::new().with_parallelism(Parallelism::Serial),
             samplers,
             reference,
             step: 0,
@@ -396,9 +398,9 @@ impl SamplingRow {
         self.probs.fill(f32::NAN);
         self.call(Case::Softmax);
         let scalar = Softmax::new()
-            .isa(Isa::Scalar)
+            .with_isa(Isa::Scalar)
             .expect("the scalar ISA is always available")
-            .algorithm(softmax::Algorithm::ThreePass);
+            .with_algorithm(softmax::Algorithm::ThreePass);
         let mut want = vec![0.0f32; self.cols];
         scalar.softmax(self.logits.as_slice(), &mut want).unwrap();
         let mut worst = 0.0f64;

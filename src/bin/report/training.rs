@@ -137,10 +137,10 @@ fn whole_rows_mut(v: &mut [f32], cols: usize) -> RowsMut<'_, f32> {
 
 fn scalar_softmax() -> Softmax {
     Softmax::new()
-        .isa(Isa::Scalar)
+        .with_isa(Isa::Scalar)
         .expect("the scalar ISA is always available")
-        .algorithm(Algorithm::ThreePass)
-        .parallelism(Parallelism::Serial)
+        .with_algorithm(Algorithm::ThreePass)
+        .with_parallelism(Parallelism::Serial)
 }
 
 /// max |got − want| / max |want| over a row (1 if the row is all zeros); infinite on NaN.
@@ -175,7 +175,7 @@ impl Training {
         let labels = (0..rows)
             .map(|r| (mix(3 ^ mix(r as u64)) % cols as u64) as i64)
             .collect();
-        let best = Softmax::new().parallelism(Parallelism::Auto);
+        let best = Softmax::new().with_parallelism(Parallelism::Auto);
         let mut p = vec![0.0f32; rows * cols];
         let mut l = vec![0.0f32; rows * cols];
         let logits = whole_rows(&x, cols);
@@ -277,10 +277,10 @@ impl Training {
             ),
             _ => {
                 let ce = CrossEntropy::new()
-                    .isa(Isa::Scalar)
+                    .with_isa(Isa::Scalar)
                     .expect("the scalar ISA is always available")
-                    .parallelism(Parallelism::Serial)
-                    .reduction(Reduction::Sum);
+                    .with_parallelism(Parallelism::Serial)
+                    .with_reduction(Reduction::Sum);
                 let labels = &self.labels[r..r + 1];
                 let loss = match pass {
                     Pass::CrossEntropyLoss => ce.loss(whole_rows(x, cols), labels, None),
