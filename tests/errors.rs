@@ -4,15 +4,11 @@
 
 use crate::common;
 
-use common::inputs::SENTINEL;
+use common::inputs::untouched;
 use softmax::{Error, Isa, Rows, RowsMut, Softmax};
 
 fn sentinels(n: usize) -> Vec<f32> {
-    vec![SENTINEL; n]
-}
-
-fn untouched(buf: &[f32]) -> bool {
-    buf.iter().all(|v| v.to_bits() == SENTINEL.to_bits())
+    common::inputs::sentinels(n)
 }
 
 /// The Display text is non-empty and mentions every number in `numbers`.

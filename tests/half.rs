@@ -17,149 +17,32 @@
 
 use crate::common;
 
-use common::{for_each_backend, reference, Backend, Rng, Values, ALGORITHMS, EMULATED_TARGET};
+use common::{
+    for_each_backend, reference, Backend, Guarded, Narrow, Rng, Values, ALGORITHMS, EMULATED_TARGET,
+};
 use softmax::half::{bf16, f16};
-use softmax::{Algorithm, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
+use softmax::{Algorithm, Isa, Parallelism, Rows, RowsMut, Softmax};
 use softmax_kernels::arch::{Arch, Portable};
 use softmax_kernels::Output;
-use std::fmt::Debug;
 
-/// An element type as the tests see it.
-trait Ty: Element + Debug + PartialEq + Default {
-    /// The correctly rounded value of `x` (one rounding from f64).
-    fn from_f64(x: f64) -> Self;
-    fn to_f64(self) -> f64;
-    /// Bits, ordered like the values (adjacent representable values differ by 1).
-    fn ordered(self) -> i64;
-    fn is_nan(self) -> bool {
-        self.to_f64().is_nan()
-    }
-}
-
-impl Ty for f32 {
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn ordered(self) -> i64 {
-        let b = self.to_bits() as i64;
-        if b & 0x8000_0000 != 0 {
-            -(b & 0x7fff_ffff)
-        } else {
-            b
-        }
-    }
-}
-
-macro_rules! half_ty {
-    ($t:ty) => {
-        impl Ty for $t {
-            /// `half`'s own `from_f64` goes through f32 on some targets and
-            /// can round twice; this settles the neighbours by their midpoints.
-            fn from_f64(x: f64) -> Self {
-                let c = <$t>::from_f64(x);
-                let mag = c.to_bits() & 0x7fff;
-                if x.is_nan() || !c.is_finite() || mag == 0 {
-                    return c;
-                }
-                let with = |m: u16| <$t>::from_bits((c.to_bits() & 0x8000) | m);
-                let (down, up) = (with(mag - 1), with(mag + 1));
-                let ax = x.abs();
-                let pick = |v: Self, mid: f64| ax == mid && v.to_bits().is_multiple_of(2);
-                let m_up = (c.to_f64().abs() + up.to_f64().abs()) / 2.0;
-                let m_down = (c.to_f64().abs() + down.to_f64().abs()) / 2.0;
-                if up.is_finite() && (ax > m_up || pick(up, m_up)) {
-                    up
-                } else if ax < m_down || pick(down, m_down) {
-                    down
-                } else {
-                    c
-                }
-            }
-            fn to_f64(self) -> f64 {
-                <$t>::to_f64(self)
-            }
-            fn ordered(self) -> i64 {
-                let b = self.to_bits() as i64;
-                if b & 0x8000 != 0 {
-                    -(b & 0x7fff)
-                } else {
-                    b
-                }
-            }
-        }
-    };
-}
-
-half_ty!(f16);
-half_ty!(bf16);
-
-fn convert<I: Ty, O: Ty>(x: &[I]) -> Vec<O> {
+fn convert<I: Narrow, O: Narrow>(x: &[I]) -> Vec<O> {
     x.iter().map(|v| O::from_f32(v.to_f64() as f32)).collect()
 }
 
-fn widen<I: Ty>(x: &[I]) -> Vec<f32> {
+fn widen<I: Narrow>(x: &[I]) -> Vec<f32> {
     x.iter().map(|v| v.to_f64() as f32).collect()
 }
 
 /// Bits for comparison, every NaN folded to one pattern.
-fn canon<T: Ty>(y: &[T]) -> Vec<i64> {
+fn canon<T: Narrow>(y: &[T]) -> Vec<i64> {
     y.iter()
         .map(|v| if v.is_nan() { i64::MIN } else { v.ordered() })
         .collect()
 }
 
-/// A row placed `offset` elements past a 64-byte boundary, between guards that
-/// must come back untouched.
-struct Guarded<T> {
-    buf: Vec<T>,
-    start: usize,
-    len: usize,
-    guard: T,
-}
-
-const GUARD: usize = 40;
-
-impl<T: Ty> Guarded<T> {
-    fn new(values: &[T], offset: usize, guard: T) -> Self {
-        let mut buf = vec![guard; values.len() + offset + 2 * GUARD + 32];
-        let aligned = GUARD + buf[GUARD..].as_ptr().align_offset(64);
-        let start = aligned + offset;
-        buf[start..start + values.len()].copy_from_slice(values);
-        Guarded {
-            buf,
-            start,
-            len: values.len(),
-            guard,
-        }
-    }
-    fn row(&mut self) -> &mut [T] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
-    fn check_guards(&self, what: &str) {
-        let end = self.start + self.len;
-        for (i, v) in self.buf.iter().enumerate() {
-            if i < self.start || i >= end {
-                assert!(
-                    v.ordered() == self.guard.ordered(),
-                    "{what}: wrote outside the row at {}",
-                    i as isize - self.start as isize
-                );
-            }
-        }
-    }
-}
-
-/// A guard value no kernel writes: a NaN with a payload.
-fn guard<T: Ty>() -> T {
-    T::from_f32(f32::from_bits(0x7fd5_a5a5))
-}
-
 /// The f32 results of `x` on `backend`, and what a call with `I` in and `O`
 /// out must give: those results rounded to `O`.
-fn expected<O: Ty>(
+fn expected<O: Narrow>(
     backend: Backend,
     output: Output,
     algorithm: Algorithm,
@@ -176,7 +59,7 @@ fn expected<O: Ty>(
 /// into f16/bf16 rounds z - ln S to odd before narrowing: where the f32 result
 /// is exactly a midpoint of `O` (and was inexact), the output may be the other
 /// neighbour of that midpoint.
-fn assert_same<O: Ty>(got: &[O], want: &[O], y32: &[f32], output: Output, what: &str) {
+fn assert_same<O: Narrow>(got: &[O], want: &[O], y32: &[f32], output: Output, what: &str) {
     let (g, w) = (canon(got), canon(want));
     for i in 0..g.len() {
         if g[i] == w[i] {
@@ -196,7 +79,7 @@ fn assert_same<O: Ty>(got: &[O], want: &[O], y32: &[f32], output: Output, what: 
 }
 
 /// One (I, O) pair, out of place and (when I = O) in place, on one row.
-fn check_pair<I: Ty, O: Ty>(
+fn check_pair<I: Narrow, O: Narrow>(
     backend: Backend,
     algorithm: Algorithm,
     t: f32,
@@ -215,15 +98,15 @@ fn check_pair<I: Ty, O: Ty>(
             algorithm.name(),
             x.len()
         );
-        let mut out = Guarded::new(&vec![O::default(); x.len()], offset, guard::<O>());
-        let mut inp = Guarded::new(x, offset, guard::<I>());
-        backend.forward(output, algorithm, t, Some(&*inp.row()), out.row());
+        let mut out = Guarded::<O>::with_values(&vec![O::default(); x.len()], offset);
+        let mut inp = Guarded::<I>::with_values(x, offset);
+        backend.forward(output, algorithm, t, Some(inp.values()), out.values_mut());
         out.check_guards(&what);
-        assert_same(out.row(), &want, &y32, output, &what);
+        assert_same(out.values(), &want, &y32, output, &what);
         if I::NAME == O::NAME {
-            backend.forward::<I, I>(output, algorithm, t, None, inp.row());
+            backend.forward::<I, I>(output, algorithm, t, None, inp.values_mut());
             inp.check_guards(&what);
-            let got: Vec<O> = convert::<I, O>(inp.row());
+            let got: Vec<O> = convert::<I, O>(inp.values());
             assert_same(&got, &want, &y32, output, &format!("{what} in place"));
         }
     }
@@ -238,14 +121,14 @@ fn check_pair<I: Ty, O: Ty>(
     );
 }
 
-fn rows_of<I: Ty>(values: Values, n: usize, t: f32, seed: u64) -> Vec<I> {
+fn rows_of<I: Narrow>(values: Values, n: usize, t: f32, seed: u64) -> Vec<I> {
     let x = values.generate(&mut Rng::for_case(&[seed, n as u64, values as u64]), n, t);
     convert::<f32, I>(&x)
 }
 
 /// Every pair of element types on every backend, algorithm and short length,
 /// at a few offsets and two temperatures.
-fn matches_the_f32_path<I: Ty, O: Ty>() {
+fn matches_the_f32_path<I: Narrow, O: Narrow>() {
     let lengths: Vec<usize> = if EMULATED_TARGET {
         (0..=40).chain([63, 64, 65, 127, 129, 255, 1024]).collect()
     } else {
@@ -482,7 +365,7 @@ impl Tally {
     /// Compares `got` with the exact value `want` rounded once to `O`; a
     /// softmax output of 0 where the exact value is below 2^-126 (the
     /// documented flush) counts as exact.
-    fn add<O: Ty>(&mut self, got: O, want: f64, what: &dyn Fn() -> String) {
+    fn add<O: Narrow>(&mut self, got: O, want: f64, what: &dyn Fn() -> String) {
         self.total += 1;
         let rounded = O::from_f64(want);
         if got.is_nan() || rounded.is_nan() {
@@ -518,7 +401,7 @@ impl Tally {
 
 /// Random rows of `I` (the inputs as stored), every output in `O` against the
 /// f64 reference: ≤ 1 ULP each, ≥ 99.9% correctly rounded per backend.
-fn within_one_ulp<I: Ty, O: Ty>() {
+fn within_one_ulp<I: Narrow, O: Narrow>() {
     let lengths: &[usize] = if EMULATED_TARGET {
         &[1, 17, 100, 1000, 4099]
     } else {
@@ -597,7 +480,7 @@ fn within_one_ulp_bf16() {
     within_one_ulp::<f32, bf16>();
 }
 
-fn on_every_isa<I: Ty, O: Ty>(x: &[I], check: impl Fn(&str, Algorithm, &[O], &[O])) {
+fn on_every_isa<I: Narrow, O: Narrow>(x: &[I], check: impl Fn(&str, Algorithm, &[O], &[O])) {
     common::for_each_isa("special values", |isa| {
         for algorithm in ALGORITHMS {
             let sm = Softmax::new()

@@ -34,7 +34,7 @@ use common::sampling::{
     biased, chi_square, gamma_q, kept_set, ln_gamma, max_of, probabilities, reference_draw, Cuts,
     KeptReference, Options,
 };
-use common::training::Narrow;
+use common::Narrow;
 use common::{for_each_isa, print_coverage, Backend, Rng, EMULATED_TARGET};
 use softmax::half::{bf16, f16};
 use softmax::{

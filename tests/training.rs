@@ -19,10 +19,11 @@
 
 use crate::common;
 
+use common::inputs::{sentinel, untouched, SENTINEL};
 use common::training::{
-    backward_reference, loss_reference, softmax_f64, LossConfig, Narrow, Shape, Table, Target,
+    backward_reference, loss_reference, softmax_f64, LossConfig, Shape, Table, Target,
 };
-use common::{Backend, Guarded, Rng, Values, EMULATED_TARGET};
+use common::{Backend, Guarded, Narrow, Rng, Values, EMULATED_TARGET};
 use softmax::half::{bf16, f16};
 use softmax::{CrossEntropy, Error, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax};
 use softmax_kernels::Output;
@@ -1205,10 +1206,6 @@ struct Padded<T> {
     shape: Shape,
 }
 
-fn sentinel<T: Narrow>() -> T {
-    T::from_f32(f32::from_bits(0x7fd5_a5a5))
-}
-
 impl<T: Narrow> Padded<T> {
     fn new(shape: Shape, mut value: impl FnMut(usize, usize) -> f32) -> Self {
         let mut data = vec![sentinel::<T>(); shape.rows * shape.stride + 5];
@@ -1223,10 +1220,9 @@ impl<T: Narrow> Padded<T> {
         &self.data[self.shape.range(i)]
     }
     fn padding_intact(&self) -> bool {
-        let s = sentinel::<T>().to_f64().to_bits();
         self.data.iter().enumerate().all(|(k, v)| {
             let (i, j) = (k / self.shape.stride, k % self.shape.stride);
-            (i < self.shape.rows && j < self.shape.cols) || v.to_f64().to_bits() == s
+            (i < self.shape.rows && j < self.shape.cols) || untouched(std::slice::from_ref(v))
         })
     }
 }
@@ -1251,7 +1247,7 @@ fn strided_case<T: Narrow>(backend: Backend, shape: Shape, par: &Parallelism) {
                 y.data[i * shape.stride + j] = T::from_f32(yr[j]);
             }
         }
-        let mut dx = Padded::<T>::new(shape, |_, _| f32::from_bits(0x7fd5_a5a5));
+        let mut dx = Padded::<T>::new(shape, |_, _| SENTINEL);
         backend.backward(
             output,
             1.3,
@@ -1346,7 +1342,7 @@ fn strided_case<T: Narrow>(backend: Backend, shape: Shape, par: &Parallelism) {
         } else {
             Target::Labels(&labels)
         };
-        let mut grad = Padded::<T>::new(shape, |_, _| f32::from_bits(0x7fd5_a5a5));
+        let mut grad = Padded::<T>::new(shape, |_, _| SENTINEL);
         let mut losses = vec![f32::NAN; rows + 1];
         let total = backend.cross_entropy(
             &cfg,

@@ -1,6 +1,8 @@
 //! Test inputs: a deterministic PRNG, the value ranges of the matrix, and
 //! guarded buffers that place a row at a chosen misalignment.
 
+use super::element::Narrow;
+
 /// SplitMix64 (Steele, Lea & Flood 2014): small, fast, and the same everywhere.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -159,22 +161,40 @@ impl Values {
 /// kernel produces.
 pub const SENTINEL: f32 = f32::from_bits(0x7fd5_a5a5);
 
+/// [`SENTINEL`] in type `T`.
+pub fn sentinel<T: Narrow>() -> T {
+    T::from_f32(SENTINEL)
+}
+
+/// `n` sentinels: an output buffer whose every change shows.
+pub fn sentinels<T: Narrow>(n: usize) -> Vec<T> {
+    vec![sentinel::<T>(); n]
+}
+
+/// Whether every element of `buf` still holds the sentinel, bit for bit (the
+/// check that a failed call wrote nothing).
+pub fn untouched<T: Narrow>(buf: &[T]) -> bool {
+    let s = sentinel::<T>().ordered();
+    buf.iter().all(|v| v.ordered() == s)
+}
+
 /// Guard elements on each side of a row.
 const GUARD: usize = 64;
 
 /// A row placed `offset` elements past a 64-byte boundary (so vector loads and
-/// stores are misaligned by `offset`), with sentinel guards on both sides.
+/// stores are misaligned by `offset`), with sentinel guards on both sides
+/// ([`SENTINEL`], rounded to the element type).
 #[derive(Clone, Debug)]
-pub struct Guarded {
-    buf: Vec<f32>,
+pub struct Guarded<T = f32> {
+    buf: Vec<T>,
     start: usize,
     len: usize,
 }
 
-impl Guarded {
+impl<T: Narrow> Guarded<T> {
     /// A row of `len` sentinels.
     pub fn new(len: usize, offset: usize) -> Self {
-        let buf = vec![SENTINEL; len + offset + 2 * GUARD + 16];
+        let buf: Vec<T> = sentinels(len + offset + 2 * GUARD + 32);
         let aligned = GUARD + buf[GUARD..].as_ptr().align_offset(64);
         Guarded {
             buf,
@@ -184,17 +204,17 @@ impl Guarded {
     }
 
     /// A row holding `values`.
-    pub fn with_values(values: &[f32], offset: usize) -> Self {
+    pub fn with_values(values: &[T], offset: usize) -> Self {
         let mut g = Self::new(values.len(), offset);
         g.values_mut().copy_from_slice(values);
         g
     }
 
-    pub fn values(&self) -> &[f32] {
+    pub fn values(&self) -> &[T] {
         &self.buf[self.start..self.start + self.len]
     }
 
-    pub fn values_mut(&mut self) -> &mut [f32] {
+    pub fn values_mut(&mut self) -> &mut [T] {
         &mut self.buf[self.start..self.start + self.len]
     }
 
@@ -202,11 +222,19 @@ impl Guarded {
     /// relative to the row start (negative before it).
     pub fn damaged_guard(&self) -> Option<isize> {
         let end = self.start + self.len;
+        let sentinel = sentinel::<T>().ordered();
         self.buf
             .iter()
             .enumerate()
             .filter(|(i, _)| *i < self.start || *i >= end)
-            .find(|(_, v)| v.to_bits() != SENTINEL.to_bits())
+            .find(|(_, v)| v.ordered() != sentinel)
             .map(|(i, _)| i as isize - self.start as isize)
+    }
+
+    /// Panics, naming `what`, if anything outside the row was written.
+    pub fn check_guards(&self, what: &str) {
+        if let Some(at) = self.damaged_guard() {
+            panic!("{what}: wrote outside the row at {at}");
+        }
     }
 }

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod bounds;
 pub mod check;
+pub mod element;
 pub mod inputs;
 pub mod oracle;
 pub mod sampling;
@@ -21,6 +22,7 @@ pub mod training;
 
 pub use backend::{Backend, ALGORITHMS};
 pub use check::{check_row, Label, Sweep};
+pub use element::Narrow;
 pub use inputs::{Guarded, Rng, Values};
 pub use oracle::{reference, RowKind};
 

@@ -29,8 +29,8 @@
 
 use super::backend::Backend;
 use super::bounds::{logsumexp_bound, softmax_bound, temperature_factor, U};
+use super::element::Narrow;
 use super::oracle::{reference, sum_f64, Reference, RowKind};
-use softmax::half::{bf16, f16};
 use softmax::{CrossEntropy, Element, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax};
 use softmax_kernels::{
     Backward, Jacobian, Labels, LossOptions, Output, Strided, StridedMut, Targets, Temperature,
@@ -349,40 +349,6 @@ impl Backend {
             }
         }
     }
-}
-
-/// The element types as the tests see them.
-pub trait Narrow: Element + std::fmt::Debug + PartialEq {
-    /// Significand bits after the point, and the smallest normal exponent.
-    const MANTISSA: i32;
-    const MIN_EXP: i32;
-    fn to_f64(self) -> f64 {
-        self.to_f32() as f64
-    }
-    /// The spacing of this type's values at |x| (the subnormal spacing below the normal range).
-    fn ulp(x: f64) -> f64 {
-        let e = if x == 0.0 || !x.is_finite() {
-            Self::MIN_EXP
-        } else {
-            (x.abs().log2().floor() as i32).max(Self::MIN_EXP)
-        };
-        2f64.powi(e - Self::MANTISSA)
-    }
-}
-
-impl Narrow for f32 {
-    const MANTISSA: i32 = 23;
-    const MIN_EXP: i32 = -126;
-}
-
-impl Narrow for f16 {
-    const MANTISSA: i32 = 10;
-    const MIN_EXP: i32 = -14;
-}
-
-impl Narrow for bf16 {
-    const MANTISSA: i32 = 7;
-    const MIN_EXP: i32 = -126;
 }
 
 /// The exact backward pass of one row, from the f32 (or widened) inputs.
