@@ -1,5 +1,5 @@
-//! The training passes on one f32 batch, shared by the report and the
-//! criterion benches (which include this file by path): the forward softmax
+//! The training passes on one f32 batch, for the report and the criterion
+//! benches: the forward softmax
 //! they are measured against, the softmax and log-softmax backward passes, and
 //! cross-entropy from logits with and without its gradient.
 //!

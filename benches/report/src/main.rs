@@ -21,7 +21,7 @@
 //! multiple of the forward softmax's in the same run.
 //!
 //! A fourth table, "sampling", draws one token from one f32 row of LLM-like
-//! logits (by default 128256 wide; `sampling.rs`) with `Sampler` in the
+//! logits (by default 128256 wide; the library's `sampling` module) with `Sampler` in the
 //! configurations engines use, one thread, and gives each its median time as a
 //! multiple of the forward softmax of the same row, and the full-sort sampler
 //! engines write as a multiple of each, all measured in the same run.
@@ -31,28 +31,25 @@
 //! type; training passes on a few rows). Results go to stdout as tables, progress to stderr, and files to
 //! `report-out/`: results.csv, results.json and throughput.svg.
 //!
-//! Only std, rayon, pulp and half (dependencies of the crate itself) are used, so
-//! the report builds without dev-dependencies: flags, CSV, JSON and SVG are by hand.
+//! The report is the binary of the softmax-report crate, whose library it shares
+//! with the criterion benches. Only std, rayon, pulp and half are used: flags,
+//! CSV, JSON and SVG are by hand.
 
 #![forbid(unsafe_code)]
 
-#[allow(dead_code)]
-mod baselines;
-mod sampling;
 mod svg;
-mod training;
 
-use baselines::{copy_scale, naive_softmax};
 use rayon::prelude::*;
 use rayon::ThreadPool;
-use sampling::{Case, SamplingRow, QUICK_SAMPLING_COLS, SAMPLING_COLS};
 use softmax::half::{bf16, f16};
 use softmax::{Algorithm, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
+use softmax_report::baselines::{copy_scale, naive_softmax};
+use softmax_report::sampling::{self, Case, SamplingRow, QUICK_SAMPLING_COLS, SAMPLING_COLS};
+use softmax_report::training::{Pass, Training, TRAINING_TOLERANCE};
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use training::{Pass, Training, TRAINING_TOLERANCE};
 
 /// Single rows (latency), small batches, a tall-thin batch, and batches that
 /// spill the last-level cache. 32000 and 128256 are LLM vocabulary sizes.

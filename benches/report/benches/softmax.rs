@@ -39,7 +39,7 @@
 //! first: the softmax against the scalar ISA; each sampler's kept set
 //! (`truncated_logprobs`) against a full sort in f64, and its draws inside it
 //! and as frequent as its probabilities say; the full sort's kept set and
-//! probabilities against the crate's (src/bin/report/sampling.rs).
+//! probabilities against the crate's (the library's `sampling` module).
 //!
 //! Every bench checks its answer once against the crate's scalar ISA
 //! (three-pass) before it is timed; half-precision outputs, widened, against the
@@ -60,20 +60,9 @@ use softmax::{Algorithm, CrossEntropy, Element, Isa, Parallelism, Rows, RowsMut,
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-#[path = "../src/bin/report/baselines.rs"]
-mod baselines;
-use baselines::*;
-
-#[allow(dead_code)]
-#[path = "../src/bin/report/training.rs"]
-mod training;
-use training::{Pass, Training, TRAINING_TOLERANCE};
-
-#[allow(dead_code)]
-#[path = "../src/bin/report/sampling.rs"]
-mod sampling;
-use sampling::{Case, SamplingRow, SAMPLING_COLS};
+use softmax_report::baselines::*;
+use softmax_report::sampling::{Case, SamplingRow, SAMPLING_COLS};
+use softmax_report::training::{Pass, Training, TRAINING_TOLERANCE};
 
 const IN_CACHE_COLS: [usize; 3] = [128, 1024, 32000];
 /// 64 MiB of logits and 64 MiB of output: beyond any last-level cache this crate targets.

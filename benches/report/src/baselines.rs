@@ -1,6 +1,6 @@
-//! The yardsticks, shared by the report and the criterion benches (which
-//! include this file by path): softmax as it is first written, and copy-scale,
-//! the same bytes as softmax with no arithmetic to speak of.
+//! The yardsticks of the report and the criterion benches: softmax as it is
+//! first written, and copy-scale, the same bytes as softmax with no arithmetic
+//! to speak of.
 
 /// Max of a row, the plain way.
 pub fn row_max(x: &[f32]) -> f32 {

@@ -1,5 +1,5 @@
-//! Sampling one token from one f32 row, shared by the report and the criterion
-//! benches (which include this file by path): the crate's `Sampler` in the
+//! Sampling one token from one f32 row, for the report and the criterion
+//! benches: the crate's `Sampler` in the
 //! configurations an inference engine uses, beside two yardsticks measured in
 //! the same run:
 //! - the forward softmax of the row (out of place, `Algorithm::Auto`, the
