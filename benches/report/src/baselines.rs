@@ -97,3 +97,16 @@ impl pulp::WithSimd for CopyScale<'_> {
 pub fn copy_scale(factor: f32, x: Option<&[f32]>, y: &mut [f32]) {
     pulp::Arch::new().dispatch(CopyScale { factor, x, y });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naive_softmax_sums_to_one() {
+        let x = [1.0f32, 2.0, 3.0, -1.0];
+        let mut y = [0.0f32; 4];
+        naive_softmax(&x, &mut y);
+        assert!((y.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+}
