@@ -5,205 +5,158 @@ use crate::flags::Config;
 use crate::machine::{Machine, BUILD_PROFILE, BUILD_TARGET, BUILD_TARGET_FEATURES};
 use crate::record::{Op, Record, Section};
 use crate::svg;
+use serde::Serialize;
 use softmax::Isa;
 use softmax_report::workload::{LOGIT_RANGE, TOLERANCE};
-use std::fmt::Write as _;
 use std::path::Path;
 
-const CSV_HEADER: &str = "shape,rows,cols,op,algorithm,isa,threads,out_of_cache,buffer_sets,\
-rows_per_call,seconds_per_call,gelem_per_s,gbytes_per_s,vs_naive,vs_copy_scale,max_error,ok,samples,calls_per_sample,\
-section,in_type,out_type,vs_f32,tolerance,vs_forward,time_vs_forward,vs_full_sort";
+/// One record, as a CSV row and as an object of the JSON `results`.
+#[derive(Serialize)]
+struct Row {
+    shape: String,
+    rows: usize,
+    cols: usize,
+    op: &'static str,
+    algorithm: &'static str,
+    isa: String,
+    threads: usize,
+    out_of_cache: bool,
+    buffer_sets: usize,
+    rows_per_call: usize,
+    seconds_per_call: f64,
+    gelem_per_s: f64,
+    gbytes_per_s: f64,
+    vs_naive: f64,
+    vs_copy_scale: f64,
+    max_error: f64,
+    ok: bool,
+    samples: usize,
+    calls_per_sample: usize,
+    section: &'static str,
+    in_type: &'static str,
+    out_type: &'static str,
+    vs_f32: f64,
+    tolerance: f64,
+    vs_forward: f64,
+    time_vs_forward: f64,
+    vs_full_sort: f64,
+}
+
+impl Row {
+    fn new(r: &Record) -> Row {
+        Row {
+            shape: r.shape.to_string(),
+            rows: r.shape.rows,
+            cols: r.shape.cols,
+            op: r.op.name(),
+            algorithm: r.op.algorithm(),
+            isa: r.op.isa(),
+            threads: r.threads,
+            out_of_cache: r.out_of_cache,
+            buffer_sets: r.buffer_sets,
+            rows_per_call: r.m.block_rows,
+            seconds_per_call: r.m.seconds_per_call,
+            gelem_per_s: r.gelem(),
+            gbytes_per_s: r.gbytes(),
+            vs_naive: r.vs_naive,
+            vs_copy_scale: r.vs_copy,
+            max_error: r.m.error,
+            ok: r.ok(),
+            samples: r.m.samples,
+            calls_per_sample: r.m.calls_per_sample,
+            section: r.section.name(),
+            in_type: r.elements.input.name(),
+            out_type: r.elements.output.name(),
+            vs_f32: r.vs_f32,
+            tolerance: r.tolerance(),
+            vs_forward: r.vs_forward,
+            time_vs_forward: 1.0 / r.vs_forward,
+            vs_full_sort: r.vs_full_sort,
+        }
+    }
+}
 
 /// A header line, then one line per record; NaN where a ratio does not apply.
 pub fn csv(records: &[Record]) -> Result<String, String> {
-    let mut csv = format!("{CSV_HEADER}\n");
+    let mut out = csv::Writer::from_writer(Vec::new());
     for r in records {
-        csv.push_str(&csv_row(r));
-        csv.push('\n');
+        out.serialize(Row::new(r)).map_err(|e| e.to_string())?;
     }
-    Ok(csv)
+    let bytes = out.into_inner().map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
-fn csv_row(r: &Record) -> String {
-    format!(
-        "{},{},{},{},{},{},{},{},{},{},{:e},{:.6},{:.6},{:.4},{:.4},{:e},{},{},{},{},{},{},{:.4},{:e},{:.4},{:.4},{:.4}",
-        r.shape,
-        r.shape.rows,
-        r.shape.cols,
-        r.op.name(),
-        r.op.algorithm(),
-        r.op.isa(),
-        r.threads,
-        r.out_of_cache,
-        r.buffer_sets,
-        r.m.block_rows,
-        r.m.seconds_per_call,
-        r.gelem(),
-        r.gbytes(),
-        r.vs_naive,
-        r.vs_copy,
-        r.m.error,
-        r.ok(),
-        r.m.samples,
-        r.m.calls_per_sample,
-        r.section.name(),
-        r.elements.input.name(),
-        r.elements.output.name(),
-        r.vs_f32,
-        r.tolerance(),
-        r.vs_forward,
-        1.0 / r.vs_forward,
-        r.vs_full_sort
-    )
+#[derive(Serialize)]
+struct Document {
+    machine: MachineFacts,
+    settings: Settings,
+    results: Vec<Row>,
 }
 
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+#[derive(Serialize)]
+struct MachineFacts {
+    cpu: String,
+    cores: usize,
+    busy_cores_before: Option<f64>,
+    busy_cores_after: Option<f64>,
+    llc_bytes: usize,
+    llc_source: &'static str,
+    isa_detected: &'static str,
+    isas_available: Vec<&'static str>,
+    profile: &'static str,
+    target: &'static str,
+    target_features: &'static str,
 }
 
-/// JSON has no NaN or infinity.
-fn json_number(v: f64) -> String {
-    match v.is_finite() {
-        true => format!("{v}"),
-        false => "null".into(),
-    }
+#[derive(Serialize)]
+struct Settings {
+    seconds_per_configuration: f64,
+    samples: usize,
+    tolerance: f64,
+    logit_range: f64,
+    threads: Vec<usize>,
+    half_precision_pairs: Vec<String>,
+    half_precision_shapes: Vec<String>,
+    training_shape: Option<String>,
+    sampling_cols: Vec<usize>,
 }
 
 /// The machine, the settings and every record; NaN and infinities are null.
 pub fn json(machine: &Machine, config: &Config, seconds: f64, records: &[Record]) -> String {
-    let strings = |items: Vec<String>| {
-        let quoted: Vec<String> = items.iter().map(|s| json_string(s)).collect();
-        format!("[{}]", quoted.join(", "))
+    let document = Document {
+        machine: MachineFacts {
+            cpu: machine.cpu.clone(),
+            cores: machine.cores,
+            busy_cores_before: machine.busy_before,
+            busy_cores_after: machine.busy_after,
+            llc_bytes: machine.llc_bytes,
+            llc_source: machine.llc_source,
+            isa_detected: Isa::detect().name(),
+            isas_available: Isa::available().iter().map(|i| i.name()).collect(),
+            profile: BUILD_PROFILE,
+            target: BUILD_TARGET,
+            target_features: BUILD_TARGET_FEATURES,
+        },
+        settings: Settings {
+            seconds_per_configuration: seconds,
+            samples: config.samples,
+            tolerance: TOLERANCE,
+            logit_range: LOGIT_RANGE as f64,
+            threads: config.threads.clone(),
+            half_precision_pairs: config
+                .pairs
+                .iter()
+                .map(|p| format!("{}-{}", p.input.name(), p.output.name()))
+                .collect(),
+            half_precision_shapes: config.half_shapes.iter().map(|s| s.to_string()).collect(),
+            training_shape: config.training.map(|s| s.to_string()),
+            sampling_cols: config.sampling.clone(),
+        },
+        results: records.iter().map(Row::new).collect(),
     };
-    let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"machine\": {{");
-    let _ = writeln!(out, "    \"cpu\": {},", json_string(&machine.cpu));
-    let _ = writeln!(out, "    \"cores\": {},", machine.cores);
-    let busy = |b: Option<f64>| b.map_or("null".into(), json_number);
-    let _ = writeln!(
-        out,
-        "    \"busy_cores_before\": {},",
-        busy(machine.busy_before)
-    );
-    let _ = writeln!(
-        out,
-        "    \"busy_cores_after\": {},",
-        busy(machine.busy_after)
-    );
-    let _ = writeln!(out, "    \"llc_bytes\": {},", machine.llc_bytes);
-    let _ = writeln!(
-        out,
-        "    \"llc_source\": {},",
-        json_string(machine.llc_source)
-    );
-    let _ = writeln!(
-        out,
-        "    \"isa_detected\": {},",
-        json_string(Isa::detect().name())
-    );
-    let available = Isa::available()
-        .iter()
-        .map(|i| i.name().to_string())
-        .collect();
-    let _ = writeln!(out, "    \"isas_available\": {},", strings(available));
-    let _ = writeln!(out, "    \"profile\": {},", json_string(BUILD_PROFILE));
-    let _ = writeln!(out, "    \"target\": {},", json_string(BUILD_TARGET));
-    let _ = writeln!(
-        out,
-        "    \"target_features\": {}",
-        json_string(BUILD_TARGET_FEATURES)
-    );
-    let _ = writeln!(out, "  }},");
-    let _ = writeln!(out, "  \"settings\": {{");
-    let _ = writeln!(
-        out,
-        "    \"seconds_per_configuration\": {},",
-        json_number(seconds)
-    );
-    let _ = writeln!(out, "    \"samples\": {},", config.samples);
-    let _ = writeln!(out, "    \"tolerance\": {},", json_number(TOLERANCE));
-    let _ = writeln!(
-        out,
-        "    \"logit_range\": {},",
-        json_number(LOGIT_RANGE as f64)
-    );
-    let threads = config
-        .threads
-        .iter()
-        .map(|t| t.to_string())
-        .collect::<Vec<_>>();
-    let _ = writeln!(out, "    \"threads\": [{}],", threads.join(", "));
-    let pairs = config
-        .pairs
-        .iter()
-        .map(|p| format!("{}-{}", p.input.name(), p.output.name()))
-        .collect();
-    let _ = writeln!(out, "    \"half_precision_pairs\": {},", strings(pairs));
-    let shapes = config.half_shapes.iter().map(|s| s.to_string()).collect();
-    let _ = writeln!(out, "    \"half_precision_shapes\": {},", strings(shapes));
-    let training = config
-        .training
-        .map_or("null".into(), |s| json_string(&s.to_string()));
-    let _ = writeln!(out, "    \"training_shape\": {training},");
-    let sampling = config
-        .sampling
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>();
-    let _ = writeln!(out, "    \"sampling_cols\": [{}]", sampling.join(", "));
-    let _ = writeln!(out, "  }},");
-    let _ = writeln!(out, "  \"results\": [");
-    for (i, r) in records.iter().enumerate() {
-        let fields = [
-            ("shape", json_string(&r.shape.to_string())),
-            ("rows", r.shape.rows.to_string()),
-            ("cols", r.shape.cols.to_string()),
-            ("op", json_string(r.op.name())),
-            ("algorithm", json_string(r.op.algorithm())),
-            ("isa", json_string(&r.op.isa())),
-            ("threads", r.threads.to_string()),
-            ("out_of_cache", r.out_of_cache.to_string()),
-            ("buffer_sets", r.buffer_sets.to_string()),
-            ("rows_per_call", r.m.block_rows.to_string()),
-            ("seconds_per_call", json_number(r.m.seconds_per_call)),
-            ("gelem_per_s", json_number(r.gelem())),
-            ("gbytes_per_s", json_number(r.gbytes())),
-            ("vs_naive", json_number(r.vs_naive)),
-            ("vs_copy_scale", json_number(r.vs_copy)),
-            ("max_error", json_number(r.m.error)),
-            ("ok", r.ok().to_string()),
-            ("samples", r.m.samples.to_string()),
-            ("calls_per_sample", r.m.calls_per_sample.to_string()),
-            ("section", json_string(r.section.name())),
-            ("in_type", json_string(r.elements.input.name())),
-            ("out_type", json_string(r.elements.output.name())),
-            ("vs_f32", json_number(r.vs_f32)),
-            ("tolerance", json_number(r.tolerance())),
-            ("vs_forward", json_number(r.vs_forward)),
-            ("time_vs_forward", json_number(1.0 / r.vs_forward)),
-            ("vs_full_sort", json_number(r.vs_full_sort)),
-        ];
-        let body: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| format!("{}: {v}", json_string(k)))
-            .collect();
-        let comma = if i + 1 < records.len() { "," } else { "" };
-        let _ = writeln!(out, "    {{{}}}{comma}", body.join(", "));
-    }
-    out.push_str("  ]\n}\n");
-    out
+    let mut text = serde_json::to_string_pretty(&document).expect("plain data serialises");
+    text.push('\n');
+    text
 }
 
 /// Softmax G elements/s against row length, one panel per thread count.
@@ -312,15 +265,4 @@ pub fn write(dir: &Path, files: &[(&str, String)]) -> Result<(), String> {
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_escapes() {
-        assert_eq!(json_string("a\"b\\c\n"), r#""a\"b\\c\u000a""#);
-        assert_eq!(json_number(f64::NAN), "null");
-    }
 }
