@@ -1,15 +1,15 @@
 //! Facts about the machine and the build the report runs on: the CPU's name,
 //! its cores, the last-level cache, how busy other processes keep it, and the
-//! cargo profile, target and compile-time features.
+//! cargo profile, target and compile-time features (from build.rs).
 
 use softmax::Isa;
 
 /// The cargo profile the report was built with.
-pub const BUILD_PROFILE: &str = softmax::build_info::PROFILE;
+pub const BUILD_PROFILE: &str = env!("REPORT_BUILD_PROFILE");
 /// The target triple.
-pub const BUILD_TARGET: &str = softmax::build_info::TARGET;
+pub const BUILD_TARGET: &str = env!("REPORT_BUILD_TARGET");
 /// Target features enabled at compile time (the baseline; faster ISAs are chosen at run time).
-pub const BUILD_TARGET_FEATURES: &str = softmax::build_info::TARGET_FEATURES;
+pub const BUILD_TARGET_FEATURES: &str = env!("REPORT_BUILD_TARGET_FEATURES");
 
 /// Used when the last-level cache size cannot be read.
 const ASSUMED_LLC_BYTES: usize = 32 << 20;
