@@ -31,17 +31,15 @@
 //! type; training passes on a few rows). Results go to stdout as tables, progress to stderr, and files to
 //!
 //! Modules: `flags` (the command line), `machine` (CPU, caches, cores, build
-//! facts), `measure` (each table's configurations, checked and timed, on the
-//! library's workloads), `record` (one result), `tables` (stdout), `output`
-//! (CSV, JSON, SVG files) and `run` (the tables in order).
+//! facts), `tables` (stdout), `output` (CSV, JSON, SVG files) and `run` (the
+//! tables in order); the measurements themselves (`measure`, `record`) are in
+//! the library, the one crate that instantiates the softmax kernels.
 
 #![forbid(unsafe_code)]
 
 mod flags;
 mod machine;
-mod measure;
 mod output;
-mod record;
 mod run;
 mod svg;
 mod tables;

@@ -2,19 +2,18 @@
 //! buffers they run on, each checked once and timed, and the ratios against
 //! the yardsticks measured beside them.
 
-use crate::flags::Config;
+use crate::baselines::{copy_scale, naive_softmax};
 use crate::record::{Op, Record, Section};
+use crate::sampling::{self, Case, SamplingRow};
+use crate::timing::{measure, measure_whole_calls, seconds_of, Measurement, Slot, Timed};
+use crate::training::{Pass, Training};
+use crate::workload::{
+    logits, max_error, reference_softmax, scalar_reference, Dtype, Pair, Shape, Typed,
+};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use softmax::half::{bf16, f16};
 use softmax::{Algorithm, CrossEntropy, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
-use softmax_report::baselines::{copy_scale, naive_softmax};
-use softmax_report::sampling::{self, Case, SamplingRow};
-use softmax_report::timing::{measure, measure_whole_calls, seconds_of, Measurement, Slot, Timed};
-use softmax_report::training::{Pass, Training};
-use softmax_report::workload::{
-    logits, max_error, reference_softmax, scalar_reference, Dtype, Pair, Shape, Typed,
-};
 use std::sync::Arc;
 
 /// A thread count and its pool (none for 1: `Parallelism::Serial`).
@@ -23,11 +22,11 @@ pub type Pool = (usize, Option<Arc<ThreadPool>>);
 const COPY_SCALE_FACTOR: f32 = 0.75;
 
 /// The operations measured for one (shape, thread count), yardsticks first.
-pub fn ops(config: &Config) -> Vec<Op> {
+pub fn ops(isas: &[Isa], algorithms: &[Algorithm]) -> Vec<Op> {
     let mut ops = vec![Op::Naive, Op::CopyScale];
-    for &isa in &config.isas {
-        ops.extend(config.algorithms.iter().map(|&a| Op::Softmax(isa, a)));
-        if config.algorithms.contains(&Algorithm::Auto) {
+    for &isa in isas {
+        ops.extend(algorithms.iter().map(|&a| Op::Softmax(isa, a)));
+        if algorithms.contains(&Algorithm::Auto) {
             ops.push(Op::LogSoftmax(isa, Algorithm::Auto));
             ops.push(Op::LogSumExp(isa, Algorithm::Auto));
         }
@@ -41,10 +40,10 @@ fn runs_serially(shape: Shape) -> bool {
     shape.rows < 2 || shape.elements() < softmax::PARALLEL_MIN_ELEMENTS
 }
 
-pub fn thread_counts(config: &Config, shape: Shape) -> Vec<usize> {
+/// The thread counts of `threads` that `shape` is measured with.
+pub fn thread_counts(threads: &[usize], shape: Shape) -> Vec<usize> {
     let serial = runs_serially(shape);
-    config
-        .threads
+    threads
         .iter()
         .copied()
         .filter(|&t| t == 1 || !serial)

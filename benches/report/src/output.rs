@@ -3,10 +3,10 @@
 
 use crate::flags::Config;
 use crate::machine::{Machine, BUILD_PROFILE, BUILD_TARGET, BUILD_TARGET_FEATURES};
-use crate::record::{Op, Record, Section};
 use crate::svg;
 use serde::Serialize;
 use softmax::Isa;
+use softmax_report::record::{Op, Record, Section};
 use softmax_report::workload::{LOGIT_RANGE, TOLERANCE};
 use std::path::Path;
 

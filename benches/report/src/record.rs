@@ -1,11 +1,11 @@
 //! One result of the report: what was measured (the operation, its table, its
 //! element types), its measurement, and the ratios against its yardsticks.
 
+use crate::sampling::Case;
+use crate::timing::Measurement;
+use crate::training::{Pass, TRAINING_TOLERANCE};
+use crate::workload::{Pair, Shape};
 use softmax::{Algorithm, Isa};
-use softmax_report::sampling::Case;
-use softmax_report::timing::Measurement;
-use softmax_report::training::{Pass, TRAINING_TOLERANCE};
-use softmax_report::workload::{Pair, Shape};
 
 /// What one configuration calls.
 #[derive(Clone, Copy, Debug, PartialEq)]

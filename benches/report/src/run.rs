@@ -3,9 +3,9 @@
 
 use crate::flags::Config;
 use crate::machine::{busy_cores, Machine};
-use crate::measure::{self, out_of_cache, thread_counts, Pool, Reference, Workload};
-use crate::record::{Op, Record};
 use crate::{output, tables};
+use softmax_report::measure::{self, out_of_cache, thread_counts, Pool, Reference, Workload};
+use softmax_report::record::{Op, Record};
 use softmax_report::sampling::Case;
 use softmax_report::training::Pass;
 use softmax_report::workload::Shape;
@@ -57,9 +57,9 @@ impl<'a> Run<'a> {
     fn new(config: &'a Config) -> Self {
         let started = Instant::now();
         let machine = Machine::probe();
-        let ops = measure::ops(config);
+        let ops = measure::ops(&config.isas, &config.algorithms);
         let configurations_of = |shape: Shape, per_thread_count: usize| {
-            thread_counts(config, shape).len() * per_thread_count
+            thread_counts(&config.threads, shape).len() * per_thread_count
         };
         let configurations: usize = config
             .shapes
@@ -110,7 +110,7 @@ impl<'a> Run<'a> {
             let found = self.pools.iter().find(|(n, _)| *n == threads);
             found.expect("a pool per thread count").clone()
         };
-        thread_counts(self.config, shape)
+        thread_counts(&self.config.threads, shape)
             .into_iter()
             .map(pool)
             .collect()

@@ -3,8 +3,8 @@
 
 use crate::flags::Config;
 use crate::machine::{isa_names, Machine, BUILD_PROFILE, BUILD_TARGET, BUILD_TARGET_FEATURES};
-use crate::record::{Op, Record, Section};
 use softmax::{Algorithm, Isa};
+use softmax_report::record::{Op, Record, Section};
 use softmax_report::sampling::{self, Case};
 use softmax_report::training::TRAINING_TOLERANCE;
 use softmax_report::workload::{Dtype, Shape, LOGIT_RANGE, TOLERANCE};
