@@ -72,16 +72,6 @@ pub use options::{Algorithm, Softmax, AUTO_ONLINE_FROM_COLS};
 pub use rows::{Rows, RowsMut};
 pub use sample::{gumbel_max, Draw, GumbelSoftmax, Sampler, TokenLogprob};
 
-/// Facts about this build, for reports.
-pub mod build_info {
-    /// The cargo profile the crate was built with.
-    pub const PROFILE: &str = env!("SOFTMAX_BUILD_PROFILE");
-    /// The target triple.
-    pub const TARGET: &str = env!("SOFTMAX_BUILD_TARGET");
-    /// Target features enabled at compile time (the baseline; faster ISAs are chosen at run time).
-    pub const TARGET_FEATURES: &str = env!("SOFTMAX_BUILD_TARGET_FEATURES");
-}
-
 /// y = softmax(x) with default options.
 pub fn softmax<I: Element, O: Element>(x: &[I], y: &mut [O]) -> Result<(), Error> {
     Softmax::new().softmax(x, y)

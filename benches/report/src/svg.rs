@@ -1,8 +1,8 @@
 //! A hand-written SVG line chart with log-scaled x and y axes, side-by-side
 //! panels sharing one scale, and a legend. It knows nothing of softmax.
 //!
-//! Written by hand because the report may use only the crate's own
-//! dependencies, and a chart like this is a few hundred SVG elements.
+//! Written by hand: a chart like this is a few hundred SVG elements, and a
+//! plotting crate would cost more to build than this file, for a different chart.
 
 use std::fmt::Write as _;
 

@@ -1,5 +1,5 @@
-//! The training passes on one f32 batch, shared by the report and the
-//! criterion benches (which include this file by path): the forward softmax
+//! The training passes on one f32 batch, for the report and the criterion
+//! benches: the forward softmax
 //! they are measured against, the softmax and log-softmax backward passes, and
 //! cross-entropy from logits with and without its gradient.
 //!
@@ -12,6 +12,7 @@
 //! `check` compares a few rows (the first two and the last two, which fall in
 //! different rayon tasks) with the crate's scalar ISA on one thread.
 
+use crate::workload::{splitmix64 as mix, uniform_f32, xorshift64_star};
 use rayon::prelude::*;
 use softmax::{Algorithm, CrossEntropy, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax};
 
@@ -100,14 +101,6 @@ pub struct Training {
     losses: Vec<f32>,
 }
 
-/// splitmix64: seeds for the per-row generators and the labels.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Uniform in ±range, reproducible: xorshift64* seeded per row, rows in parallel.
 fn uniform(rows: usize, cols: usize, seed: u64, range: f32) -> Vec<f32> {
     let mut values = vec![0.0f32; rows * cols];
@@ -117,11 +110,7 @@ fn uniform(rows: usize, cols: usize, seed: u64, range: f32) -> Vec<f32> {
         .for_each(|(row, values)| {
             let mut state = mix(seed ^ mix(row as u64)) | 1;
             for v in values {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-                *v = (bits as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * range;
+                *v = uniform_f32(xorshift64_star(&mut state), range);
             }
         });
     values
@@ -341,5 +330,28 @@ impl Training {
             }
         }
         worst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_passes_agree_with_the_scalar_isa() {
+        // Rows of 37: a masked tail on every ISA; 3 rows: the check rows overlap.
+        let mut work = Training::new(3, 37);
+        for isa in Isa::available() {
+            let softmax = Softmax::new().with_isa(isa).unwrap();
+            let cross_entropy = CrossEntropy::new().with_isa(isa).unwrap();
+            for pass in Pass::ALL {
+                let error = work.check(pass, &softmax, &cross_entropy);
+                assert!(
+                    error <= TRAINING_TOLERANCE,
+                    "{} on {isa}: {error:e}",
+                    pass.name()
+                );
+            }
+        }
     }
 }

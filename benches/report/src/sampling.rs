@@ -1,5 +1,5 @@
-//! Sampling one token from one f32 row, shared by the report and the criterion
-//! benches (which include this file by path): the crate's `Sampler` in the
+//! Sampling one token from one f32 row, for the report and the criterion
+//! benches: the crate's `Sampler` in the
 //! configurations an inference engine uses, beside two yardsticks measured in
 //! the same run:
 //! - the forward softmax of the row (out of place, `Algorithm::Auto`, the
@@ -25,8 +25,9 @@
 //! The reference reuses one scratch buffer rather than allocating per call,
 //! which only flatters it.
 
+use crate::timing::{median, seconds_of};
+use crate::workload::{splitmix64 as mix, xorshift64_star};
 use softmax::{Draw, Isa, Parallelism, Sampler, Softmax};
-use std::time::Instant;
 
 /// The row lengths of the sampling table: a 128256-token vocabulary, and a
 /// 32000-token one for `--quick`.
@@ -163,14 +164,6 @@ impl Case {
     }
 }
 
-/// splitmix64.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Uniform in [0, 1) from 53 bits.
 fn unit(bits: u64) -> f64 {
     (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
@@ -180,12 +173,7 @@ fn unit(bits: u64) -> f64 {
 /// PEAKS on distinct tokens picked by splitmix64.
 pub fn realistic_logits(cols: usize, seed: u64) -> Vec<f32> {
     let mut state = mix(seed) | 1;
-    let mut next = || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        unit(state.wrapping_mul(0x2545_f491_4f6c_dd1d))
-    };
+    let mut next = || unit(xorshift64_star(&mut state));
     let mut x: Vec<f32> = (0..cols)
         .map(|_| {
             let (u, v) = (1.0 - next(), next());
@@ -528,12 +516,6 @@ pub struct Timing {
     pub calls_per_sample: usize,
 }
 
-fn seconds_of(f: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    f();
-    start.elapsed().as_secs_f64().max(1e-9)
-}
-
 /// Times every case in `cases` for about `seconds` each, interleaved: sample
 /// s of every case runs before sample s + 1 of any, so load from other
 /// processes that comes and goes lands on all cases alike and the ratios
@@ -568,13 +550,10 @@ pub fn time_interleaved(
     per_call
         .into_iter()
         .zip(calls)
-        .map(|(mut times, calls_per_sample)| {
-            times.sort_by(f64::total_cmp);
-            Timing {
-                seconds_per_call: times[times.len() / 2],
-                samples,
-                calls_per_sample,
-            }
+        .map(|(mut times, calls_per_sample)| Timing {
+            seconds_per_call: median(&mut times),
+            samples,
+            calls_per_sample,
         })
         .collect()
 }
@@ -603,5 +582,38 @@ pub fn speedup_target(case: Case, speedup: f64) -> String {
             )
         }
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_cases_pass_their_checks_on_a_small_row() {
+        let mut work = SamplingRow::new(3000);
+        for case in Case::ALL {
+            let check = work.check(case);
+            assert!(
+                check.error <= case.tolerance(),
+                "{} on 3000: {check:?}",
+                case.name()
+            );
+        }
+    }
+
+    #[test]
+    fn sampling_logits_have_the_peaks_and_spread_wanted() {
+        let x = realistic_logits(SAMPLING_COLS, SEED);
+        for peak in PEAKS {
+            assert_eq!(x.iter().filter(|&&v| v == peak).count(), 1);
+        }
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(
+            mean.abs() < 0.05 && (var.sqrt() - 2.0).abs() < 0.05,
+            "{mean} {var}"
+        );
     }
 }

@@ -39,7 +39,7 @@
 //! first: the softmax against the scalar ISA; each sampler's kept set
 //! (`truncated_logprobs`) against a full sort in f64, and its draws inside it
 //! and as frequent as its probabilities say; the full sort's kept set and
-//! probabilities against the crate's (src/bin/report/sampling.rs).
+//! probabilities against the crate's (the library's `sampling` module).
 //!
 //! Every bench checks its answer once against the crate's scalar ISA
 //! (three-pass) before it is timed; half-precision outputs, widened, against the
@@ -57,27 +57,19 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 use criterion::{measurement::WallTime, SamplingMode};
 use softmax::half::{bf16, f16};
 use softmax::{Algorithm, CrossEntropy, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
+use softmax_report::baselines::*;
+use softmax_report::sampling::{Case, SamplingRow, SAMPLING_COLS};
+use softmax_report::training::{Pass, Training, TRAINING_TOLERANCE};
+use softmax_report::workload::{
+    logits, reference_softmax, scalar_reference, Dtype, Shape, Typed, LLM_BATCH,
+    SMALL_TRAINING_SHAPE, TRAINING_SHAPE,
+};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-#[path = "../src/bin/report/baselines.rs"]
-mod baselines;
-use baselines::*;
-
-#[allow(dead_code)]
-#[path = "../src/bin/report/training.rs"]
-mod training;
-use training::{Pass, Training, TRAINING_TOLERANCE};
-
-#[allow(dead_code)]
-#[path = "../src/bin/report/sampling.rs"]
-mod sampling;
-use sampling::{Case, SamplingRow, SAMPLING_COLS};
-
 const IN_CACHE_COLS: [usize; 3] = [128, 1024, 32000];
 /// 64 MiB of logits and 64 MiB of output: beyond any last-level cache this crate targets.
-const OUT_OF_CACHE: (usize, usize) = (512, 32000);
+const OUT_OF_CACHE: Shape = LLM_BATCH;
 /// Rows per iteration of the out-of-cache benches (1 MiB in, 1 MiB out).
 const BLOCK_ROWS: usize = 8;
 const ALGORITHMS: [Algorithm; 4] = [
@@ -87,7 +79,7 @@ const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::Auto,
 ];
 /// |Δ| ≤ TOLERANCE · max(1, |reference|) for the crate on every ISA.
-const TOLERANCE: f32 = 1e-6;
+const TOLERANCE: f32 = softmax_report::workload::TOLERANCE as f32;
 /// The naive loops sum in f32, whose error grows with the row length.
 const NAIVE_TOLERANCE: f32 = 1e-4;
 /// Negation: exact, and repeating it in place never drifts into subnormals.
@@ -96,7 +88,7 @@ const SCALE: f32 = -1.0;
 const DTYPE_COLS: [usize; 2] = [1024, 32000];
 /// Batches of the `training/` groups: in cache, and 512 rows of a 128256-token
 /// vocabulary (263 MB per f32 tensor).
-const TRAINING_SHAPES: [(usize, usize); 2] = [(64, 4096), (512, 128256)];
+const TRAINING_SHAPES: [Shape; 2] = [SMALL_TRAINING_SHAPE, TRAINING_SHAPE];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Operation {
@@ -149,8 +141,6 @@ impl Subject {
     }
 }
 
-// ------------------------------------------------------------------ yardsticks
-
 // ------------------------------------------------------------------ workloads
 
 /// Logits, an output buffer and one logsumexp per row. In-place benches work
@@ -163,20 +153,6 @@ struct Workload {
     y: Vec<f32>,
     lse: Vec<f32>,
     next_block: usize,
-}
-
-/// xorshift64*: reproducible logits uniform in ±10, no dependency.
-fn logits(count: usize) -> Vec<f32> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..count)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-            (bits as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 10.0
-        })
-        .collect()
 }
 
 impl Workload {
@@ -283,11 +259,7 @@ fn check(work: &mut Workload, op: Operation, subject: Subject, options: &Softmax
     work.y[span.clone()].copy_from_slice(&work.x[span.clone()]);
     work.call(op, subject, options, true);
 
-    let scalar = Softmax::new()
-        .with_isa(Isa::Scalar)
-        .unwrap()
-        .with_algorithm(Algorithm::ThreePass)
-        .with_parallelism(Parallelism::Serial);
+    let scalar = scalar_reference();
     let x = &work.x[span.clone()];
     let mut want = x.to_vec();
     let mut want_lse = vec![0.0; work.block_rows];
@@ -352,7 +324,11 @@ fn workloads() -> Vec<Workload> {
         .iter()
         .map(|&cols| Workload::new(1, cols, 1))
         .collect();
-    all.push(Workload::new(OUT_OF_CACHE.0, OUT_OF_CACHE.1, BLOCK_ROWS));
+    all.push(Workload::new(
+        OUT_OF_CACHE.rows,
+        OUT_OF_CACHE.cols,
+        BLOCK_ROWS,
+    ));
     all
 }
 
@@ -401,7 +377,7 @@ fn by_bytes(c: &mut Criterion) {
 /// Whole 512×32000 batches, best ISA, `Algorithm::Auto`: one thread against
 /// rayon's global pool (`Parallelism::Auto`), beside the serial yardsticks.
 fn by_threads(c: &mut Criterion) {
-    let (rows, cols) = OUT_OF_CACHE;
+    let Shape { rows, cols } = OUT_OF_CACHE;
     let mut work = Workload::new(rows, cols, rows);
     let op = Operation::Softmax;
     let mut group = c.benchmark_group(format!("threads/{}/{rows}x{cols}", op.name()));
@@ -427,60 +403,22 @@ fn by_threads(c: &mut Criterion) {
 
 // ------------------------------------------------------------------ element types
 
-/// The check each output type must pass.
-trait Dtype: Element {
-    /// |got − want| within one unit in the last place of this type, relative
-    /// down to 2^-14 and absolute below (f32: the crate's TOLERANCE).
-    fn close(got: f32, want: f32) -> bool;
-}
-
-impl Dtype for f32 {
-    fn close(got: f32, want: f32) -> bool {
-        (got - want).abs() <= TOLERANCE * want.abs().max(1.0)
-    }
-}
-
-impl Dtype for f16 {
-    fn close(got: f32, want: f32) -> bool {
-        (got - want).abs() <= 2f32.powi(-10) * want.abs().max(2f32.powi(-14))
-    }
-}
-
-impl Dtype for bf16 {
-    fn close(got: f32, want: f32) -> bool {
-        (got - want).abs() <= 2f32.powi(-7) * want.abs().max(2f32.powi(-14))
-    }
-}
-
 /// Logits stored as `T` (the same logits as `Workload`, rounded) and a `T`
 /// output. Out of cache, as many buffer sets as make the bytes of the f32
 /// batch, used in turn.
-struct Typed<T> {
-    rows: usize,
-    cols: usize,
-    x: Vec<Vec<T>>,
-    y: Vec<Vec<T>>,
+struct DtypeWork<T> {
+    work: Typed<T, T>,
     next_set: usize,
 }
 
-impl<T: Dtype> Typed<T> {
-    fn new(rows: usize, cols: usize) -> Self {
-        let sets = match rows {
+impl<T: Element> DtypeWork<T> {
+    fn new(shape: Shape) -> Self {
+        let sets = match shape.rows {
             1 => 1,
             _ => size_of::<f32>().div_ceil(size_of::<T>()),
         };
-        let x: Vec<T> = logits(rows * cols).into_iter().map(T::from_f32).collect();
-        Self {
-            rows,
-            cols,
-            x: vec![x; sets],
-            y: vec![vec![T::from_f32(f32::NAN); rows * cols]; sets],
-            next_set: 0,
-        }
-    }
-
-    fn label(&self) -> String {
-        format!("{}x{}", self.rows, self.cols)
+        let work = Typed::new(shape, &logits(shape.elements()), sets);
+        Self { work, next_set: 0 }
     }
 
     /// Softmax of the next buffer set (set 0 when `first`): a single row through
@@ -489,58 +427,48 @@ impl<T: Dtype> Typed<T> {
         let set = if first {
             0
         } else {
-            self.next_set % self.x.len()
+            self.next_set % self.work.sets()
         };
         self.next_set = set + 1;
-        let (x, y) = (black_box(&self.x[set]), &mut self.y[set]);
-        match self.rows {
+        let Shape { rows, cols } = self.work.shape;
+        let (x, y) = (black_box(&self.work.x[set]), &mut self.work.y[set]);
+        match rows {
             1 => options.softmax(x, y),
             _ => options.softmax_rows(
-                Rows::contiguous(x, self.cols).unwrap(),
-                RowsMut::contiguous(y, self.cols).unwrap(),
+                Rows::contiguous(x, cols).unwrap(),
+                RowsMut::contiguous(y, cols).unwrap(),
             ),
         }
         .unwrap();
-        black_box(&self.y);
+        black_box(&self.work.y);
     }
 
     /// Runs once on set 0 over NaN and compares, widened, with the scalar ISA's
-    /// f32 softmax of the widened input; panics (naming the type and ISA) if off.
+    /// f32 softmax of the widened input, within one unit in the last place of
+    /// `T`; panics (naming the type and ISA) if off.
     fn check(&mut self, options: &Softmax, name: &str) {
-        self.y[0].fill(T::from_f32(f32::NAN));
+        self.work.y[0].fill(T::from_f32(f32::NAN));
         self.call(options, true);
-        let scalar = Softmax::new()
-            .with_isa(Isa::Scalar)
-            .unwrap()
-            .with_algorithm(Algorithm::ThreePass)
-            .with_parallelism(Parallelism::Serial);
-        let x: Vec<f32> = self.x[0].iter().map(|&v| v.to_f32()).collect();
-        let mut want = vec![0.0f32; x.len()];
-        scalar
-            .softmax_rows(
-                Rows::contiguous(x.as_slice(), self.cols).unwrap(),
-                RowsMut::contiguous(&mut want, self.cols).unwrap(),
-            )
-            .unwrap();
-        for (i, (&g, &w)) in self.y[0].iter().zip(&want).enumerate() {
-            let g = g.to_f32();
-            assert!(
-                T::close(g, w),
-                "softmax {name} ({}, auto) on {}: element {i} is {g}, the scalar ISA gives {w}",
-                options.isa(),
-                self.label()
-            );
-        }
+        let dtype = Dtype::of::<T>();
+        let Shape { rows, cols } = self.work.shape;
+        let want = reference_softmax(dtype, &logits(rows * cols), cols);
+        let error = self.work.error(rows, &want);
+        assert!(
+            error <= dtype.tolerance(),
+            "softmax {name} ({}, auto) on {rows}x{cols}: max|Δ| {error:e} against the scalar ISA > {:e}",
+            options.isa(),
+            dtype.tolerance()
+        );
     }
 }
 
 /// Benches `T` in `group` once per parallelism, subject `T` or `T/suffix`.
-fn bench_dtype<T: Dtype>(
+fn bench_dtype<T: Element>(
     group: &mut BenchmarkGroup<'_, WallTime>,
-    (rows, cols): (usize, usize),
+    shape: Shape,
     parallelisms: &[(String, Parallelism)],
 ) {
-    let mut work = Typed::<T>::new(rows, cols);
+    let mut work = DtypeWork::<T>::new(shape);
     for (suffix, parallelism) in parallelisms {
         let options = options(
             Subject::Crate(Isa::detect(), Algorithm::Auto),
@@ -563,14 +491,14 @@ fn by_dtype(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("dtype/softmax/1x{cols}"));
         group.throughput(Throughput::Elements(cols as u64));
         let serial = [(String::new(), Parallelism::Serial)];
-        bench_dtype::<f32>(&mut group, (1, cols), &serial);
-        bench_dtype::<f16>(&mut group, (1, cols), &serial);
-        bench_dtype::<bf16>(&mut group, (1, cols), &serial);
+        let row = Shape::new(1, cols);
+        bench_dtype::<f32>(&mut group, row, &serial);
+        bench_dtype::<f16>(&mut group, row, &serial);
+        bench_dtype::<bf16>(&mut group, row, &serial);
         group.finish();
     }
-    let (rows, cols) = OUT_OF_CACHE;
-    let mut group = c.benchmark_group(format!("dtype/softmax/{rows}x{cols}"));
-    group.throughput(Throughput::Elements((rows * cols) as u64));
+    let mut group = c.benchmark_group(format!("dtype/softmax/{OUT_OF_CACHE}"));
+    group.throughput(Throughput::Elements(OUT_OF_CACHE.elements() as u64));
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
     let threads = rayon::current_num_threads();
@@ -590,7 +518,7 @@ fn by_dtype(c: &mut Criterion) {
 /// global pool; elements/s, so each pass reads against `softmax` in its group.
 fn by_training(c: &mut Criterion) {
     let threads = rayon::current_num_threads();
-    for (rows, cols) in TRAINING_SHAPES {
+    for Shape { rows, cols } in TRAINING_SHAPES {
         let mut work = Training::new(rows, cols);
         let mut group = c.benchmark_group(format!("training/{rows}x{cols}"));
         group.throughput(Throughput::Elements((rows * cols) as u64));

@@ -1,6 +1,6 @@
-//! The yardsticks, shared by the report and the criterion benches (which
-//! include this file by path): softmax as it is first written, and copy-scale,
-//! the same bytes as softmax with no arithmetic to speak of.
+//! The yardsticks of the report and the criterion benches: softmax as it is
+//! first written, and copy-scale, the same bytes as softmax with no arithmetic
+//! to speak of.
 
 /// Max of a row, the plain way.
 pub fn row_max(x: &[f32]) -> f32 {
@@ -96,4 +96,17 @@ impl pulp::WithSimd for CopyScale<'_> {
 /// y = factor · x, or y ← factor · y in place when `x` is `None`.
 pub fn copy_scale(factor: f32, x: Option<&[f32]>, y: &mut [f32]) {
     pulp::Arch::new().dispatch(CopyScale { factor, x, y });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naive_softmax_sums_to_one() {
+        let x = [1.0f32, 2.0, 3.0, -1.0];
+        let mut y = [0.0f32; 4];
+        naive_softmax(&x, &mut y);
+        assert!((y.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
 }

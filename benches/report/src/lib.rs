@@ -1,0 +1,16 @@
+//! What the report (`src/main.rs`) and the criterion benches (`benches/`)
+//! share: the workloads and their checks, the yardsticks, the training and
+//! sampling cases, and how a configuration is timed; and the report's
+//! measurements. Every call into the softmax crate's generic API is made
+//! here, so its kernels are compiled once, in this crate, not once more in
+//! the report binary.
+
+#![forbid(unsafe_code)]
+
+pub mod baselines;
+pub mod measure;
+pub mod record;
+pub mod sampling;
+pub mod timing;
+pub mod training;
+pub mod workload;
