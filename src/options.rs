@@ -20,13 +20,6 @@ pub enum Algorithm {
     Auto,
     /// Max; exp-subtract-store-sum; scale.
     ThreePass,
-    /// Dukhan & Ablavatski (2020): exponentials as (mantissa, exponent) pairs so the
-    /// sum needs no max; a second pass recomputes and normalises (2 reads + 1 write).
-    /// Rows with |x/t| ≥ 2^21 are computed with `Online` instead, and so are
-    /// log-softmax and logsumexp (the same two reads, and an ln S that is exact
-    /// near 0, where two-pass's would cost log-softmax outputs close to 0 their
-    /// relative accuracy).
-    TwoPass,
     /// Milakov & Gimelshein (2018): running max and rescaled running sum in one
     /// read (updated per L1-sized block), then one output pass.
     Online,
@@ -34,15 +27,13 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm that names a method (not `Auto`).
-    pub const METHODS: [Algorithm; 3] =
-        [Algorithm::ThreePass, Algorithm::TwoPass, Algorithm::Online];
+    pub const METHODS: [Algorithm; 2] = [Algorithm::ThreePass, Algorithm::Online];
 
     /// The name the report and error messages use: `"auto"`, `"three-pass"`, ….
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Auto => "auto",
             Algorithm::ThreePass => "three-pass",
-            Algorithm::TwoPass => "two-pass",
             Algorithm::Online => "online",
         }
     }
@@ -53,7 +44,6 @@ impl Algorithm {
             Algorithm::Auto if cols < AUTO_ONLINE_FROM_COLS => Method::ThreePass,
             Algorithm::Auto => Method::Online,
             Algorithm::ThreePass => Method::ThreePass,
-            Algorithm::TwoPass => Method::TwoPass,
             Algorithm::Online => Method::Online,
         }
     }
@@ -64,7 +54,9 @@ impl Algorithm {
 /// Zen 3, AVX2, 32 MiB L3): three-pass is 1.4× online at 2^20 columns, the two
 /// tie at 2^22, and online leads by 5–10% at 2^24, where a row and its output no
 /// longer fit the last-level cache and online's single read of the input pays.
-/// Two-pass never led at any length.
+/// A two-pass algorithm (Dukhan & Ablavatski's (mantissa, exponent) sums) was
+/// dropped: it never led, at 0.30–0.87× three-pass and behind online at every
+/// length measured, 2^18 to 2^26 columns (see the CHANGELOG).
 pub const AUTO_ONLINE_FROM_COLS: usize = 1 << 22;
 
 /// Softmax options: temperature, ISA, algorithm, parallelism. Cheap to clone.

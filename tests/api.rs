@@ -59,20 +59,20 @@ fn options_defaults_and_getters() {
         .unwrap()
         .with_isa(Isa::Scalar)
         .unwrap()
-        .with_algorithm(Algorithm::TwoPass)
+        .with_algorithm(Algorithm::Online)
         .with_parallelism(Parallelism::Serial);
     assert_eq!(sm.temperature(), 0.7);
     assert_eq!(sm.isa(), Isa::Scalar);
-    assert_eq!(sm.algorithm(), Algorithm::TwoPass);
+    assert_eq!(sm.algorithm(), Algorithm::Online);
     assert!(matches!(sm.parallelism(), Parallelism::Serial));
 
     assert_eq!(Algorithm::default(), Algorithm::Auto);
     assert_eq!(
         Algorithm::METHODS,
-        [Algorithm::ThreePass, Algorithm::TwoPass, Algorithm::Online]
+        [Algorithm::ThreePass, Algorithm::Online]
     );
     let names: Vec<&str> = ALGORITHMS.iter().map(|a| a.name()).collect();
-    assert_eq!(names, ["auto", "three-pass", "two-pass", "online"]);
+    assert_eq!(names, ["auto", "three-pass", "online"]);
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -137,7 +137,6 @@ fn scalar_isa_is_the_generic_body_on_the_scalar_token() {
     let x = Values::Uniform10.generate(&mut Rng::new(41), 777, 1.0);
     for (algorithm, method) in [
         (Algorithm::ThreePass, Method::ThreePass),
-        (Algorithm::TwoPass, Method::TwoPass),
         (Algorithm::Online, Method::Online),
     ] {
         let mut public = vec![0.0f32; x.len()];

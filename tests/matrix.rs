@@ -1,6 +1,6 @@
 //! The test matrix: every operation (softmax, log-softmax, logsumexp; in place
 //! and out of place) × every backend (each available ISA, and emu128/emu256/emu512)
-//! × every algorithm (Auto, ThreePass, TwoPass, Online) × row lengths × start
+//! × every algorithm (Auto, ThreePass, Online) × row lengths × start
 //! offsets × value ranges × temperatures, each result against the f64 oracle.
 //!
 //! The full cross product is large, so it is cut in slices: every length and

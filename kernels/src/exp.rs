@@ -124,12 +124,6 @@ pub(crate) fn exp_flushed_below<S: Simd, const FLUSH: bool>(
     }
 }
 
-/// e^r for a reduced argument: 1 + r·q(r), in about [0.7, 1.42].
-#[inline(always)]
-pub(crate) fn exp_reduced<S: Simd>(simd: S, r: S::f32s) -> S::f32s {
-    simd.mul_add_f32s(r, poly(simd, r), simd.splat_f32s(1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

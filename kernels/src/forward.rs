@@ -6,7 +6,6 @@
 //! online      per block of ONLINE_BLOCK: m_b = max(block); if m_b > max: S *= e^((max - m_b)/t), max = m_b;
 //!             S += Σ exp((block - max)/t)           (one read of the row from memory)
 //!             then y = exp((x - max)/t) / S
-//! two-pass    see two_pass.rs
 //! ```
 //! Statistics end as (max, ln S) with S = Σ exp((x - max)/t) ≥ 1, from which
 //! log-softmax is y = (x - max)/t - ln S and logsumexp is max + t · ln S.
@@ -26,7 +25,6 @@ use crate::scan::SpecialScan;
 use crate::shift::{with_shift, with_shift_and_test, AnyShift, Shift};
 use crate::storage::{self, AnySlice, AnySliceMut, Kind};
 use crate::strided::{SplitRows, Strided, StridedMut};
-use crate::two_pass::{TwoPassOut, TwoPassSum, LIMIT};
 use crate::{stage_len, Batch, Job, Method, Output, Temperature};
 
 /// Elements per online block: small enough that the block's second read hits L1.
@@ -261,36 +259,7 @@ pub(crate) fn online_stats<A: Arch>(
     finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
-/// Pass 1 of two-pass: either the (S, E, max) triple for pass 2, or the row's
-/// statistics when the row is special or outside the exponent range.
-enum TwoPass {
-    Exp(TwoPassSum),
-    Done(Stats),
-}
-
-#[inline(always)]
-fn two_pass_sum<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> TwoPass {
-    let mut k = TwoPassSum::new(inv_t);
-    read(arch, x, st, &mut k);
-    if !k.max.is_finite() {
-        return TwoPass::Done(Stats::Special(classify(arch, st, x)));
-    }
-    // Out of range first: such rows can make the pair sum NaN without any NaN input.
-    let top = k.max * inv_t;
-    if !(-LIMIT / 2.0..=LIMIT).contains(&top) {
-        return TwoPass::Done(online_stats(arch, st, x, inv_t));
-    }
-    if k.sum.is_nan() {
-        return TwoPass::Done(Stats::Special(Special::Nan));
-    }
-    TwoPass::Exp(k)
-}
-
-/// The statistics behind log-softmax and logsumexp. Two-pass takes online's:
-/// the same single read, and ln S is exact where it matters most. Two-pass
-/// forms even the max's own term with the exp polynomial, so its ln S carries
-/// an absolute error near 2^-23 that log-softmax outputs close to 0 (tiny in
-/// ULPs of f16 and bf16) cannot absorb; online's sum counts that term as exactly 1.
+/// The statistics behind log-softmax and logsumexp.
 #[inline(always)]
 fn stats<A: Arch>(
     arch: A,
@@ -301,7 +270,7 @@ fn stats<A: Arch>(
 ) -> Stats {
     match method {
         Method::ThreePass => three_pass_stats(arch, st, x, inv_t),
-        Method::Online | Method::TwoPass => online_stats(arch, st, x, inv_t),
+        Method::Online => online_stats(arch, st, x, inv_t),
     }
 }
 
@@ -408,15 +377,6 @@ pub(crate) fn forward_row<A: Arch>(
                 write(arch, e, y, st, &mut Map(Scale::<false> { floor, r }))
             };
         }
-        (Output::Softmax, Method::TwoPass) => {
-            match two_pass_sum(arch, st, x.unwrap_or(y.shared()), inv_t) {
-                TwoPass::Exp(k) => {
-                    let out = TwoPassOut::new(inv_t, k.sum, k.exponent);
-                    return write(arch, x, y, st, &mut Map(out));
-                }
-                TwoPass::Done(stats) => stats,
-            }
-        }
         _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t),
     };
     match stats {
@@ -506,7 +466,7 @@ impl Forward<'_> {
 }
 
 /// Whether a row of this kind is widened into f32 once, before the method
-/// reads it: three-pass and two-pass read a row two or three times, and
+/// reads it: three-pass reads a row two or three times, and
 /// widening it once costs less than converting it on every read. Online
 /// rows (beyond the last-level cache) are read once, a chunk at a time.
 #[inline(always)]

@@ -33,7 +33,6 @@
 //! | `shift.rs`    | z = (x - max)/t, three ways |
 //! | `exp_sum.rs`  | exp-subtract(-store)-sum |
 //! | `output.rs`   | scale, exp-scale, log-softmax output, special fills |
-//! | `two_pass.rs` | the two-pass (mantissa, exponent) sum and its output |
 //! | `scan.rs`     | NaN / +inf counting for special rows |
 //! | `random.rs`   | the counter-based random source (SplitMix64 keyed by seed, row, step) |
 
@@ -54,7 +53,6 @@ mod scan;
 mod shift;
 mod storage;
 mod strided;
-mod two_pass;
 
 pub use backward::{Backward, Jacobian};
 pub use cross_entropy::{CrossEntropy, Labels, LossOptions, RowTarget, Targets};
@@ -73,15 +71,13 @@ pub use loops::{Stage, CHUNK};
 pub enum Method {
     /// max; exp-subtract-store-sum; scale (softmax: 2 reads + 2 writes after the max read).
     ThreePass,
-    /// Dukhan & Ablavatski: sum of (mantissa, exponent) pairs with no max; recompute and scale.
-    TwoPass,
     /// Milakov & Gimelshein: running max and rescaled running sum in one read; then the output.
     Online,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 3] = [Method::ThreePass, Method::TwoPass, Method::Online];
+    pub const ALL: [Method; 2] = [Method::ThreePass, Method::Online];
 }
 
 /// What a forward pass writes.

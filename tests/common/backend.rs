@@ -12,12 +12,7 @@ use softmax_kernels::{
 };
 
 /// Every algorithm, `Auto` first.
-pub const ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::Auto,
-    Algorithm::ThreePass,
-    Algorithm::TwoPass,
-    Algorithm::Online,
-];
+pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::Auto, Algorithm::ThreePass, Algorithm::Online];
 
 /// Where a row is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +68,6 @@ impl Backend {
             Algorithm::Auto if cols < AUTO_ONLINE_FROM_COLS => Method::ThreePass,
             Algorithm::Auto | Algorithm::Online => Method::Online,
             Algorithm::ThreePass => Method::ThreePass,
-            Algorithm::TwoPass => Method::TwoPass,
             other => panic!("an algorithm the tests do not know: {other:?}"),
         }
     }

@@ -72,12 +72,7 @@ const IN_CACHE_COLS: [usize; 3] = [128, 1024, 32000];
 const OUT_OF_CACHE: Shape = LLM_BATCH;
 /// Rows per iteration of the out-of-cache benches (1 MiB in, 1 MiB out).
 const BLOCK_ROWS: usize = 8;
-const ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::ThreePass,
-    Algorithm::TwoPass,
-    Algorithm::Online,
-    Algorithm::Auto,
-];
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::ThreePass, Algorithm::Online, Algorithm::Auto];
 /// |Δ| ≤ TOLERANCE · max(1, |reference|) for the crate on every ISA.
 const TOLERANCE: f32 = softmax_report::workload::TOLERANCE as f32;
 /// The naive loops sum in f32, whose error grows with the row length.

@@ -11,12 +11,8 @@ use softmax_report::workload::{
 use std::path::PathBuf;
 
 const DEFAULT_SAMPLES: usize = 5;
-pub const ALL_ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::ThreePass,
-    Algorithm::TwoPass,
-    Algorithm::Online,
-    Algorithm::Auto,
-];
+pub const ALL_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::ThreePass, Algorithm::Online, Algorithm::Auto];
 /// Element pairs (input→output) of the half-precision table; f32→f32 is its yardstick.
 const ALL_PAIRS: [Pair; 5] = [
     Pair::F32,
@@ -60,7 +56,7 @@ struct Flags {
     /// available one)
     #[arg(long, verbatim_doc_comment, alias = "isas", value_name = "LIST", value_parser = isas)]
     isa: Option<List<Isa>>,
-    /// Softmax algorithms: three-pass,two-pass,online,auto
+    /// Softmax algorithms: three-pass,online,auto
     /// (default: all; log-softmax and logsumexp are
     /// measured with auto when it is listed)
     #[arg(long, verbatim_doc_comment, alias = "algorithm", value_name = "LIST", value_parser = algorithms)]
@@ -318,9 +314,7 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     ALL_ALGORITHMS
         .into_iter()
         .find(|a| a.name() == name.to_ascii_lowercase())
-        .ok_or_else(|| {
-            format!("unknown algorithm {name:?}; expected three-pass, two-pass, online or auto")
-        })
+        .ok_or_else(|| format!("unknown algorithm {name:?}; expected three-pass, online or auto"))
 }
 
 #[cfg(test)]

@@ -161,9 +161,8 @@ pub fn json(machine: &Machine, config: &Config, seconds: f64, records: &[Record]
 
 /// Softmax G elements/s against row length, one panel per thread count.
 pub fn chart(records: &[Record], config: &Config, cpu: &str) -> String {
-    const ALGORITHM_COLORS: [(&str, &str); 4] = [
+    const ALGORITHM_COLORS: [(&str, &str); 3] = [
         ("three-pass", "#1f77b4"),
-        ("two-pass", "#ff7f0e"),
         ("online", "#2ca02c"),
         ("auto", "#d62728"),
     ];
