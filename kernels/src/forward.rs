@@ -1,4 +1,4 @@
-//! Softmax, log-softmax and logsumexp: one row start to finish (the three
+//! Softmax, log-softmax and logsumexp: one row start to finish (the two
 //! algorithms and the special-value rules), and the jobs over rows.
 //!
 //! ```text

@@ -15,7 +15,7 @@
 //!
 //! | file               | operation |
 //! |--------------------|-----------|
-//! | `forward.rs`       | softmax, log-softmax, logsumexp: the three algorithms and the special-value rules |
+//! | `forward.rs`       | softmax, log-softmax, logsumexp: three-pass and online, and the special-value rules |
 //! | `backward.rs`      | softmax and log-softmax backward, the Jacobian |
 //! | `cross_entropy.rs` | cross-entropy and its gradient from logits; labels and targets |
 //! | `sample/`          | sampling a token: block passes, truncation, the draw |
