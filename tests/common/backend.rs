@@ -30,15 +30,23 @@ pub enum Backend {
 impl Backend {
     pub const EMULATED: [Backend; 3] = [Backend::Emu128, Backend::Emu256, Backend::Emu512];
 
-    /// The backends that run here (available ISAs, then the emulated tokens),
-    /// and the ISAs this CPU lacks (each printed as `SKIPPED:`). Under qemu
+    /// The backends that run here (available ISAs, then the emulated tokens;
+    /// only those `SOFTMAX_TEST_BACKENDS` names, when set), and the ISAs
+    /// skipped (each printed as `SKIPPED:`). Unless named, under qemu
     /// (aarch64) only the ISAs run: the emulated tokens are portable code
     /// that the native run already covers, at a tenth of the cost.
     pub fn available() -> (Vec<Backend>, Vec<Isa>) {
         let (isas, skipped) = super::available_isas();
         let mut backends: Vec<Backend> = isas.into_iter().map(Backend::Isa).collect();
-        if !super::EMULATED_TARGET {
-            backends.extend(Backend::EMULATED);
+        match super::requested_backends() {
+            // Named emulated tokens run even under qemu: they were asked for.
+            Some(names) => backends.extend(
+                Backend::EMULATED
+                    .into_iter()
+                    .filter(|b| names.iter().any(|n| n == b.name())),
+            ),
+            None if !super::EMULATED_TARGET => backends.extend(Backend::EMULATED),
+            None => {}
         }
         (backends, skipped)
     }

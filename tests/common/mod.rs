@@ -32,11 +32,51 @@ use softmax::Isa;
 /// emulation (10–30× slower): the heaviest cases run on a reduced set there.
 pub const EMULATED_TARGET: bool = cfg!(target_arch = "aarch64");
 
-/// Every ISA this CPU has; prints a `SKIPPED:` line for each one it lacks.
+/// The environment variable that narrows the backends the tests iterate:
+/// a comma-separated list of names (`scalar`, `avx2`, `avx512`, `neon`,
+/// `emu128`, `emu256`, `emu512`). Unset or empty: every available ISA and, off
+/// qemu, every emulated token. A named ISA this CPU lacks fails the test, so a
+/// run under emulation cannot pass by testing nothing.
+pub const BACKENDS_VAR: &str = "SOFTMAX_TEST_BACKENDS";
+
+/// The backend names [`BACKENDS_VAR`] asks for; `None` when it is unset or empty.
+pub fn requested_backends() -> Option<Vec<String>> {
+    let list = std::env::var(BACKENDS_VAR).ok()?;
+    let names: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let known = ["emu128", "emu256", "emu512"];
+    for n in &names {
+        assert!(
+            Isa::ALL.iter().any(|i| i.name() == n) || known.contains(&n.as_str()),
+            "{BACKENDS_VAR}: unknown backend {n:?}"
+        );
+    }
+    (!names.is_empty()).then_some(names)
+}
+
+/// Every ISA this CPU has (only those [`BACKENDS_VAR`] names, when set);
+/// prints a `SKIPPED:` line for each other one.
 pub fn available_isas() -> (Vec<Isa>, Vec<Isa>) {
-    let (run, skipped): (Vec<Isa>, Vec<Isa>) = Isa::ALL.into_iter().partition(|i| i.is_available());
+    let requested = requested_backends();
+    let wanted = |i: &Isa| {
+        requested
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|n| n == i.name()))
+    };
+    let (run, skipped): (Vec<Isa>, Vec<Isa>) = Isa::ALL
+        .into_iter()
+        .partition(|i| wanted(i) && i.is_available());
     for isa in &skipped {
-        eprintln!("SKIPPED: {isa} not available on this CPU");
+        match &requested {
+            None => eprintln!("SKIPPED: {isa} not available on this CPU"),
+            Some(_) if wanted(isa) => {
+                panic!("{BACKENDS_VAR} asks for {isa}, which this CPU does not have")
+            }
+            Some(_) => eprintln!("SKIPPED: {isa} not requested in {BACKENDS_VAR}"),
+        }
     }
     (run, skipped)
 }
