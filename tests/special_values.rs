@@ -398,17 +398,11 @@ fn backends_cover_every_available_isa() {
     let (backends, skipped) = Backend::available();
     // With SOFTMAX_TEST_BACKENDS set, only the ISAs it names (each available,
     // or the harness would have failed) are listed.
-    let requested = common::requested_backends();
-    let wanted = |isa: Isa| {
-        requested
-            .as_ref()
-            .is_none_or(|r| r.iter().any(|n| n == isa.name()))
-    };
-    if requested.is_none() {
+    if common::requested_backends().is_none() {
         assert!(backends.contains(&Backend::Isa(Isa::Scalar)));
     }
     for isa in Isa::ALL {
-        let runs = isa.is_available() && wanted(isa);
+        let runs = isa.is_available() && common::requested(isa.name());
         assert_eq!(
             backends.contains(&Backend::Isa(isa)),
             runs,

@@ -40,10 +40,10 @@ impl Backend {
         let mut backends: Vec<Backend> = isas.into_iter().map(Backend::Isa).collect();
         match super::requested_backends() {
             // Named emulated tokens run even under qemu: they were asked for.
-            Some(names) => backends.extend(
+            Some(_) => backends.extend(
                 Backend::EMULATED
                     .into_iter()
-                    .filter(|b| names.iter().any(|n| n == b.name())),
+                    .filter(|b| super::requested(b.name())),
             ),
             None if !super::EMULATED_TARGET => backends.extend(Backend::EMULATED),
             None => {}

@@ -47,35 +47,36 @@ pub fn requested_backends() -> Option<Vec<String>> {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
-    let known = ["emu128", "emu256", "emu512"];
     for n in &names {
         assert!(
-            Isa::ALL.iter().any(|i| i.name() == n) || known.contains(&n.as_str()),
+            Isa::ALL.iter().any(|i| i.name() == n)
+                || Backend::EMULATED.iter().any(|b| b.name() == n),
             "{BACKENDS_VAR}: unknown backend {n:?}"
         );
     }
     (!names.is_empty()).then_some(names)
 }
 
+/// Whether the backend called `name` is to run: [`BACKENDS_VAR`] is unset or
+/// names it. (Available or not: that is the caller's question.)
+pub fn requested(name: &str) -> bool {
+    requested_backends().is_none_or(|r| r.iter().any(|n| n == name))
+}
+
 /// Every ISA this CPU has (only those [`BACKENDS_VAR`] names, when set);
 /// prints a `SKIPPED:` line for each other one.
 pub fn available_isas() -> (Vec<Isa>, Vec<Isa>) {
-    let requested = requested_backends();
-    let wanted = |i: &Isa| {
-        requested
-            .as_ref()
-            .is_none_or(|r| r.iter().any(|n| n == i.name()))
-    };
+    let narrowed = requested_backends().is_some();
     let (run, skipped): (Vec<Isa>, Vec<Isa>) = Isa::ALL
         .into_iter()
-        .partition(|i| wanted(i) && i.is_available());
+        .partition(|i| requested(i.name()) && i.is_available());
     for isa in &skipped {
-        match &requested {
-            None => eprintln!("SKIPPED: {isa} not available on this CPU"),
-            Some(_) if wanted(isa) => {
+        match narrowed {
+            false => eprintln!("SKIPPED: {isa} not available on this CPU"),
+            true if requested(isa.name()) => {
                 panic!("{BACKENDS_VAR} asks for {isa}, which this CPU does not have")
             }
-            Some(_) => eprintln!("SKIPPED: {isa} not requested in {BACKENDS_VAR}"),
+            true => eprintln!("SKIPPED: {isa} not requested in {BACKENDS_VAR}"),
         }
     }
     (run, skipped)
