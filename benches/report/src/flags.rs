@@ -98,6 +98,12 @@ struct Flags {
     /// the forward softmax and a full-sort sampler
     #[arg(long, verbatim_doc_comment, value_name = "LIST", value_parser = row_lengths)]
     sampling: Option<List<usize>>,
+    /// Peers of the side-by-side table, on the shapes of
+    /// --shapes: onnxruntime (default; its library from
+    /// ORT_DYLIB_PATH or the onnxruntime Python package;
+    /// without it the table is left out) or none
+    #[arg(long, verbatim_doc_comment, value_name = "LIST", value_parser = peers)]
+    peers: Option<List<Peer>>,
     /// Where results.csv, results.json and throughput.svg
     /// go
     #[arg(
@@ -110,6 +116,12 @@ struct Flags {
     /// A few seconds: two small shapes, short samples
     #[arg(long, verbatim_doc_comment)]
     quick: bool,
+}
+
+/// A library the side-by-side table runs beside this crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    OnnxRuntime,
 }
 
 /// A comma-separated flag value, without repeats (empty for `none`).
@@ -135,6 +147,8 @@ pub struct Config {
     pub training: Option<Shape>,
     /// The sampling table's row lengths (none: no table).
     pub sampling: Vec<usize>,
+    /// The side-by-side table's peers (none: no table).
+    pub peers: Vec<Peer>,
 }
 
 impl Config {
@@ -203,11 +217,23 @@ impl Flags {
                 None if quick => vec![QUICK_SAMPLING_COLS],
                 None => vec![SAMPLING_COLS],
             },
+            peers: self.peers.map_or(vec![Peer::OnnxRuntime], |List(p)| p),
         }
     }
 }
 
 // The value parsers: clap reports their errors with the flag's name.
+
+fn peers(text: &str) -> Result<List<Peer>, String> {
+    none_or_list(text, |name| {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "onnxruntime" | "ort" => Ok(Peer::OnnxRuntime),
+            other => Err(format!(
+                "unknown peer {other:?}: expected onnxruntime or none"
+            )),
+        }
+    })
+}
 
 fn shapes(text: &str) -> Result<List<Shape>, String> {
     list(text, Shape::parse)

@@ -9,6 +9,7 @@
 
 pub mod baselines;
 pub mod measure;
+pub mod peers;
 pub mod record;
 pub mod sampling;
 pub mod timing;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// A thread count and its pool (none for 1: `Parallelism::Serial`).
 pub type Pool = (usize, Option<Arc<ThreadPool>>);
 
-const COPY_SCALE_FACTOR: f32 = 0.75;
+pub(crate) const COPY_SCALE_FACTOR: f32 = 0.75;
 
 /// The operations measured for one (shape, thread count), yardsticks first.
 pub fn ops(isas: &[Isa], algorithms: &[Algorithm]) -> Vec<Op> {
@@ -59,7 +59,7 @@ fn parallelism(pool: &Option<Arc<ThreadPool>>) -> Parallelism {
 }
 
 /// The detected ISA, `Algorithm::Auto`, on `pool`.
-fn best_softmax(pool: &Option<Arc<ThreadPool>>) -> Softmax {
+pub(crate) fn best_softmax(pool: &Option<Arc<ThreadPool>>) -> Softmax {
     Softmax::new()
         .with_isa(Isa::detect())
         .expect("the detected ISA is available")
@@ -75,7 +75,7 @@ pub fn out_of_cache(shape: Shape, llc_bytes: usize) -> bool {
 
 /// Out of cache, rotate through sets totalling ≥ 2 × LLC so a set is evicted
 /// before it comes round again: more sets when the element types are narrower.
-fn buffer_sets(out_of_cache: bool, footprint: usize, llc_bytes: usize) -> usize {
+pub(crate) fn buffer_sets(out_of_cache: bool, footprint: usize, llc_bytes: usize) -> usize {
     match out_of_cache {
         true => (2 * llc_bytes).div_ceil(footprint).max(1),
         false => 1,
@@ -86,7 +86,7 @@ fn buffer_sets(out_of_cache: bool, footprint: usize, llc_bytes: usize) -> usize 
 
 /// Runs a yardstick over whole rows, on one thread or split like the crate
 /// splits a batch (tasks of at least TASK_MIN_ELEMENTS, whole rows).
-fn yardstick(op: Op, x: &[f32], y: &mut [f32], cols: usize, pool: Option<&ThreadPool>) {
+pub(crate) fn yardstick(op: Op, x: &[f32], y: &mut [f32], cols: usize, pool: Option<&ThreadPool>) {
     let block = |x: &[f32], y: &mut [f32]| match op {
         Op::Naive => x
             .chunks_exact(cols)
@@ -164,7 +164,7 @@ impl Workload {
                 softmax.log_softmax_rows(rows(), RowsMut::contiguous(y, cols).unwrap())
             }
             Op::LogSumExp(..) => softmax.logsumexp_rows(rows(), lse),
-            Op::Training(_) | Op::Sampling(_) => {
+            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -241,7 +241,7 @@ impl Timed for OpRun<'_> {
             Op::Naive | Op::Softmax(..) => max_error(y, &reference.softmax[elements]),
             Op::LogSoftmax(..) => max_error(y, &reference.log_softmax[elements]),
             Op::LogSumExp(..) => max_error(&work.lse[0][..count], &reference.logsumexp[..count]),
-            Op::Training(_) | Op::Sampling(_) => {
+            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -263,7 +263,7 @@ pub fn measure_group(
         let (isa, algorithm) = match op {
             Op::Softmax(i, a) | Op::LogSoftmax(i, a) | Op::LogSumExp(i, a) => (i, a),
             Op::Naive | Op::CopyScale => (Isa::Scalar, Algorithm::Auto),
-            Op::Training(_) | Op::Sampling(_) => {
+            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime => {
                 unreachable!("those tables have their own workloads")
             }
         };

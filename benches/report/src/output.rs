@@ -40,6 +40,7 @@ struct Row {
     vs_forward: f64,
     time_vs_forward: f64,
     vs_full_sort: f64,
+    vs_onnxruntime: f64,
 }
 
 impl Row {
@@ -72,6 +73,7 @@ impl Row {
             vs_forward: r.vs_forward,
             time_vs_forward: 1.0 / r.vs_forward,
             vs_full_sort: r.vs_full_sort,
+            vs_onnxruntime: r.vs_ort,
         }
     }
 }
@@ -254,6 +256,70 @@ pub fn chart(records: &[Record], config: &Config, cpu: &str) -> String {
         ],
         panels,
     })
+}
+
+/// ×ORT of the crate's softmax against row length, one series per thread
+/// count; None without a side-by-side table.
+pub fn peers_chart(records: &[Record], cpu: &str, version: &str) -> Option<String> {
+    const COLORS: [&str; 4] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+    let ours: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.section == Section::Peers && matches!(r.op, Op::Softmax(..)))
+        .collect();
+    if ours.is_empty() {
+        return None;
+    }
+    let mut threads: Vec<usize> = ours.iter().map(|r| r.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let series = threads
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let here: Vec<&&Record> = ours.iter().filter(|r| r.threads == t).collect();
+            let points = here
+                .iter()
+                .map(|r| svg::Point {
+                    x: r.shape.cols as f64,
+                    y: r.vs_ort,
+                    // Single rows on the line; batches as markers beside it.
+                    on_line: r.shape.rows == 1,
+                })
+                .collect();
+            svg::Series {
+                label: format!("{t} thread(s)"),
+                color: COLORS[i % COLORS.len()],
+                dash: "",
+                points,
+            }
+        })
+        .collect();
+    let mut cols: Vec<f64> = ours.iter().map(|r| r.shape.cols as f64).collect();
+    cols.sort_by(f64::total_cmp);
+    cols.dedup();
+    let shapes: Vec<String> = ours
+        .iter()
+        .filter(|r| r.threads == threads[0])
+        .map(|r| format!("{} {:.2}×", r.shape, r.vs_ort))
+        .collect();
+    Some(svg::render(&svg::Chart {
+        title: format!("softmax vs ONNX Runtime {version}, side by side, {cpu}"),
+        x_label: "row length (elements, log scale)".into(),
+        y_label: "ONNX Runtime time ÷ ours (log scale; > 1: faster)".into(),
+        x_ticks: cols,
+        notes: vec![
+            format!(
+                "Softmax, auto, {}; medians of per-round ratios on the same buffers.",
+                Isa::detect()
+            ),
+            "Markers on lines: single rows; markers off them: batches.".into(),
+            format!("{} thread(s): {}", threads[0], shapes.join(", ")),
+        ],
+        panels: vec![svg::Panel {
+            title: "×ORT".into(),
+            series,
+        }],
+    }))
 }
 
 /// Writes each (file name, contents) into `dir`, creating it first.

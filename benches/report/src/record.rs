@@ -12,6 +12,8 @@ use softmax::{Algorithm, Isa};
 pub enum Op {
     Naive,
     CopyScale,
+    /// ONNX Runtime's CPU softmax (the side-by-side table).
+    OnnxRuntime,
     Softmax(Isa, Algorithm),
     LogSoftmax(Isa, Algorithm),
     LogSumExp(Isa, Algorithm),
@@ -26,6 +28,7 @@ impl Op {
         match self {
             Op::Naive => "naive",
             Op::CopyScale => "copy-scale",
+            Op::OnnxRuntime => "onnxruntime",
             Op::Softmax(..) => "softmax",
             Op::LogSoftmax(..) => "log-softmax",
             Op::LogSumExp(..) => "logsumexp",
@@ -37,6 +40,7 @@ impl Op {
     pub fn isa(self) -> String {
         match self {
             Op::Naive => "scalar".into(),
+            Op::OnnxRuntime => "mlas".into(),
             Op::CopyScale | Op::Training(_) | Op::Sampling(_) => format!("{}", Isa::detect()),
             Op::Softmax(isa, _) | Op::LogSoftmax(isa, _) | Op::LogSumExp(isa, _) => isa.to_string(),
         }
@@ -46,6 +50,7 @@ impl Op {
         match self {
             Op::Naive => "3-loop",
             Op::CopyScale => "y=c·x",
+            Op::OnnxRuntime => "Softmax-13",
             Op::Softmax(_, a) | Op::LogSoftmax(_, a) | Op::LogSumExp(_, a) => a.name(),
             Op::Training(Pass::Forward) => Algorithm::Auto.name(),
             Op::Training(_) => "-",
@@ -65,6 +70,8 @@ pub enum Section {
     Training,
     /// Samplers on one f32 row beside its forward softmax and a full sort.
     Sampling,
+    /// The crate beside ONNX Runtime, alternated on the same buffers.
+    Peers,
 }
 
 impl Section {
@@ -74,6 +81,7 @@ impl Section {
             Section::HalfPrecision => "half-precision",
             Section::Training => "training",
             Section::Sampling => "sampling",
+            Section::Peers => "peers",
         }
     }
 }
@@ -97,6 +105,9 @@ pub struct Record {
     pub vs_forward: f64,
     /// Sampling table: the full-sort sampler's time ÷ this one's.
     pub vs_full_sort: f64,
+    /// Side-by-side table: ONNX Runtime's time ÷ this one's, the median over
+    /// rounds of the ratio within a round.
+    pub vs_ort: f64,
 }
 
 impl Record {
@@ -116,6 +127,7 @@ impl Record {
             vs_f32: f64::NAN,
             vs_forward: f64::NAN,
             vs_full_sort: f64::NAN,
+            vs_ort: f64::NAN,
         }
     }
 

@@ -5,6 +5,7 @@ use crate::flags::Config;
 use crate::machine::{busy_cores, Machine};
 use crate::{output, tables};
 use softmax_report::measure::{self, out_of_cache, thread_counts, Pool, Reference, Workload};
+use softmax_report::peers::{self, onnxruntime::Runtime};
 use softmax_report::record::{Op, Record};
 use softmax_report::sampling::Case;
 use softmax_report::training::Pass;
@@ -36,6 +37,8 @@ struct Run<'a> {
     seconds: f64,
     configurations: usize,
     records: Vec<Record>,
+    /// The ONNX Runtime the side-by-side table ran against.
+    ort_version: Option<String>,
     started: Instant,
 }
 
@@ -46,6 +49,7 @@ pub fn run(config: &Config) -> Result<(), Failure> {
     println!();
     run.main_table();
     tables::print_summary(&run.records);
+    run.peers_table();
     // After the summary, which covers the f32 table only; the records join the files.
     run.half_table();
     run.training_table();
@@ -77,7 +81,11 @@ impl<'a> Run<'a> {
                     .map(|s| configurations_of(s, Pass::ALL.len())),
             )
             .sum::<usize>()
-            + config.sampling.len() * Case::ALL.len();
+            + config.sampling.len() * Case::ALL.len()
+            + match config.peers.is_empty() {
+                true => 0,
+                false => config.shapes.len() * config.threads.len() * peers::contestants().len(),
+            };
         let seconds = config
             .seconds
             .unwrap_or((DEFAULT_BUDGET_S / configurations as f64).clamp(0.02, 0.3));
@@ -100,6 +108,7 @@ impl<'a> Run<'a> {
             seconds,
             configurations,
             records: Vec::new(),
+            ort_version: None,
             started,
         }
     }
@@ -165,6 +174,49 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The side-by-side table: every shape at every thread count (a batch
+    /// the crate runs serially is still compared with ONNX Runtime's threads).
+    fn peers_table(&mut self) {
+        if self.config.peers.is_empty() {
+            return;
+        }
+        let rt = match Runtime::load() {
+            Ok(rt) => rt,
+            Err(why) => {
+                println!("side by side: no ONNX Runtime, table left out: {why}");
+                println!();
+                return;
+            }
+        };
+        tables::print_peers_header(&rt, self.config.samples);
+        println!();
+        println!("{}", tables::PEERS_TABLE_HEADER);
+        let shapes = &self.config.shapes;
+        let mut records = Vec::new();
+        for (index, &shape) in shapes.iter().enumerate() {
+            let label = format!("peers {}/{}", index + 1, shapes.len());
+            let contestants = peers::contestants().len();
+            self.progress(&label, shape.to_string(), self.pools.len() * contestants);
+            for pool in self.pools.clone() {
+                let llc_bytes = self.machine.llc_bytes;
+                let timing = self.timing();
+                match peers::measure_peers(&rt, shape, pool, llc_bytes, timing) {
+                    Ok(group) => {
+                        for record in group {
+                            println!("{}", tables::peers_row(&record));
+                            records.push(record);
+                        }
+                    }
+                    Err(e) => println!("{shape:<12} ONNX Runtime failed: {e}"),
+                }
+            }
+            println!();
+        }
+        tables::print_peers_summary(&records, &rt.version);
+        self.ort_version = Some(rt.version.clone());
+        self.records.extend(records);
+    }
+
     fn half_table(&mut self) {
         let shapes = &self.config.half_shapes;
         if !shapes.is_empty() {
@@ -228,7 +280,7 @@ impl<'a> Run<'a> {
     fn finish(mut self) -> Result<(), Failure> {
         self.machine.busy_after = busy_cores();
         let (config, records) = (self.config, &self.records);
-        let files = [
+        let mut files = vec![
             (
                 "results.csv",
                 output::csv(records).map_err(Failure::Output)?,
@@ -242,11 +294,17 @@ impl<'a> Run<'a> {
                 output::chart(records, config, &self.machine.cpu),
             ),
         ];
+        let version = self.ort_version.as_deref().unwrap_or("-");
+        if let Some(chart) = output::peers_chart(records, &self.machine.cpu, version) {
+            files.push(("peers.svg", chart));
+        }
         output::write(&config.out, &files).map_err(Failure::Output)?;
         let elapsed = self.started.elapsed().as_secs_f64();
         eprintln!("done: {} configurations in {elapsed:.1} s", records.len());
+        let names: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
         println!(
-            "wrote {0}/results.csv, {0}/results.json, {0}/throughput.svg in {elapsed:.1} s",
+            "wrote {} into {} in {elapsed:.1} s",
+            names.join(", "),
             config.out.display()
         );
         if let Some(busy) = self.machine.busy_after {

@@ -4,6 +4,7 @@
 use crate::flags::Config;
 use crate::machine::{isa_names, Machine, BUILD_PROFILE, BUILD_TARGET, BUILD_TARGET_FEATURES};
 use softmax::{Algorithm, Isa};
+use softmax_report::peers::onnxruntime::Runtime;
 use softmax_report::record::{Op, Record, Section};
 use softmax_report::sampling::{self, Case};
 use softmax_report::training::TRAINING_TOLERANCE;
@@ -28,6 +29,7 @@ pub fn table_row(r: &Record) -> String {
         Section::HalfPrecision => return half_row(r),
         Section::Training => return training_row(r),
         Section::Sampling => return sampling_row(r, None),
+        Section::Peers => return peers_row(r),
         Section::Main => {}
     }
     format!(
@@ -251,6 +253,71 @@ pub fn print_sampling_header(cols: &[usize], samples: usize) {
         "             full sort: the crate's kept set, max|Δp| vs exp(truncated_logprobs) ≤ {:e}",
         sampling::REFERENCE_TOLERANCE
     );
+}
+
+pub const PEERS_TABLE_HEADER: &str =
+    "shape        cache  thr  op           isa       Gelem/s     GB/s    ×ORT   ×copy    max|Δ|";
+
+pub fn peers_row(r: &Record) -> String {
+    format!(
+        "{:<12} {:<5} {:>4}  {:<12} {:<7} {:>9.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {}",
+        r.shape,
+        if r.out_of_cache { "out" } else { "in" },
+        r.threads,
+        r.op.name(),
+        r.op.isa(),
+        r.gelem(),
+        r.gbytes(),
+        r.vs_ort,
+        r.vs_copy,
+        error_text(r.m.error),
+        if r.ok() { "✓" } else { "✗" }
+    )
+}
+
+pub fn print_peers_header(rt: &Runtime, rounds: usize) {
+    println!(
+        "side by side: this crate (softmax_rows, auto, {}) against ONNX Runtime {} ({}),",
+        Isa::detect(),
+        rt.version,
+        rt.path.display()
+    );
+    println!(
+        "  one-node Softmax (opset 13) with an I/O binding; the same buffers, {rounds} alternating rounds;"
+    );
+    println!("  ×ORT: median over rounds of ONNX Runtime's time ÷ this one's in the same round (> 1: faster);");
+    println!(
+        "  ONNX Runtime's time is a whole Run (the session's per-call work, a few µs, included)"
+    );
+    println!("  thr n: a rayon pool of n for ours (serial under the crate's threshold), n intra-op threads for ONNX Runtime");
+}
+
+/// Per thread count: where this crate is ahead of ONNX Runtime and where behind.
+pub fn print_peers_summary(records: &[Record], version: &str) {
+    let mut threads: Vec<usize> = records.iter().map(|r| r.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    println!(
+        "against ONNX Runtime {version} (×ORT of softmax, auto, {}):",
+        Isa::detect()
+    );
+    for t in threads {
+        let ours = records
+            .iter()
+            .filter(|r| r.threads == t && matches!(r.op, Op::Softmax(..)));
+        let (ahead, behind): (Vec<&Record>, Vec<&Record>) = ours.partition(|r| r.vs_ort >= 1.0);
+        let list = |rs: &[&Record]| match rs.is_empty() {
+            true => "none".to_string(),
+            false => rs
+                .iter()
+                .map(|r| format!("{} {:.2}×", r.shape, r.vs_ort))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        println!("  {t} thr  ahead: {}", list(&ahead));
+        println!("         behind: {}", list(&behind));
+    }
+    println!();
 }
 
 /// One line per (shape, threads): the fastest softmax configuration and what

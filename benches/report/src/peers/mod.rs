@@ -1,0 +1,151 @@
+//! The side-by-side table: this crate's softmax against ONNX Runtime's CPU
+//! softmax, the naive loop and copy-scale, on the same buffers (ONNX
+//! Runtime's bound tensors), alternated sample by sample.
+//!
+//! ```text
+//! per (shape, threads)   ours: Softmax::softmax_rows, Algorithm::Auto, the detected ISA,
+//!                        Parallelism::Serial (1) or a rayon pool of n;
+//!                        ONNX Runtime: intra-op threads n, its defaults otherwise
+//! round r = 1..R         each contestant in turn (the order rotating per round) runs
+//!                        one sample: calls filling ~seconds/R, mean time per call
+//! ×ORT                   median over rounds of ORT's time / the contestant's time
+//!                        in the same round (> 1: faster than ONNX Runtime)
+//! check                  each contestant once on set 0, outputs poisoned first,
+//!                        against the scalar ISA: |Δ| ≤ 1e-6·max(1,|ref|)
+//! ```
+
+pub mod onnxruntime;
+
+use crate::measure::{best_softmax, buffer_sets, out_of_cache, yardstick, Pool, COPY_SCALE_FACTOR};
+use crate::record::{Op, Record, Section};
+use crate::timing::{median, seconds_of, Measurement};
+use crate::workload::{logits, max_error, reference_softmax, Dtype, Shape};
+use onnxruntime::{OrtSoftmax, Runtime};
+use softmax::{Isa, Rows, RowsMut, Softmax};
+
+/// The contestants, ONNX Runtime second so that ours is measured beside it.
+pub fn contestants() -> [Op; 4] {
+    [
+        Op::Softmax(Isa::detect(), softmax::Algorithm::Auto),
+        Op::OnnxRuntime,
+        Op::Naive,
+        Op::CopyScale,
+    ]
+}
+
+/// The contestants on one shape and thread count: their records, ×ORT filled in.
+pub fn measure_peers(
+    rt: &Runtime,
+    shape: Shape,
+    (threads, pool): Pool,
+    llc_bytes: usize,
+    (seconds, rounds): (f64, usize),
+) -> Result<Vec<Record>, String> {
+    let outside = out_of_cache(shape, llc_bytes);
+    let sets = buffer_sets(outside, shape.elements() * 8, llc_bytes);
+    let x = logits(shape.elements());
+    let want = reference_softmax(Dtype::F32, &x, shape.cols);
+    let mut ort = OrtSoftmax::new(rt, shape, threads, &x, sets).map_err(|e| e.to_string())?;
+    let ours = best_softmax(&pool);
+    let ops = contestants();
+    let call = |op: Op, ort: &mut OrtSoftmax, set: usize| {
+        if op == Op::OnnxRuntime {
+            return ort.run(set);
+        }
+        let (x, y) = ort.buffers(set);
+        run_here(op, &ours, x, y, shape.cols, pool.as_deref());
+    };
+
+    // The check, which is also each contestant's first call (the warm-up).
+    let mut errors = Vec::new();
+    let mut one_call = Vec::new();
+    for &op in &ops {
+        ort.buffers(0).1.fill(f32::NAN);
+        one_call.push(seconds_of(|| call(op, &mut ort, 0)));
+        let (x, y) = ort.buffers(0);
+        errors.push(match op {
+            Op::CopyScale => {
+                let scaled: Vec<f32> = x.iter().map(|&v| COPY_SCALE_FACTOR * v).collect();
+                max_error(y, &scaled)
+            }
+            _ => max_error(y, &want),
+        });
+    }
+
+    let calls: Vec<usize> = one_call
+        .iter()
+        .map(|&t| ((seconds / rounds as f64 / t) as usize).max(1))
+        .collect();
+    let mut per_call = vec![Vec::with_capacity(rounds); ops.len()];
+    let mut next = 0usize;
+    for round in 0..rounds {
+        for turn in 0..ops.len() {
+            let c = (round + turn) % ops.len();
+            let sample = seconds_of(|| {
+                for _ in 0..calls[c] {
+                    call(ops[c], &mut ort, next % sets);
+                    next += 1;
+                }
+            });
+            per_call[c].push(sample / calls[c] as f64);
+        }
+    }
+
+    let ort_index = ops.iter().position(|&op| op == Op::OnnxRuntime).unwrap();
+    let mut records: Vec<Record> = ops
+        .iter()
+        .enumerate()
+        .map(|(c, &op)| {
+            let mut ratios: Vec<f64> = (0..rounds)
+                .map(|r| per_call[ort_index][r] / per_call[c][r])
+                .collect();
+            let m = Measurement {
+                block_rows: shape.rows,
+                error: errors[c],
+                seconds_per_call: median(&mut per_call[c].clone()),
+                samples: rounds,
+                calls_per_sample: calls[c],
+            };
+            Record {
+                out_of_cache: outside,
+                buffer_sets: sets,
+                vs_ort: median(&mut ratios),
+                ..Record::new(Section::Peers, shape, op, threads, m)
+            }
+        })
+        .collect();
+    let rate_of = |wanted: Op, records: &[Record]| {
+        let r = records.iter().find(|r| r.op == wanted);
+        r.map_or(f64::NAN, Record::elements_per_s)
+    };
+    let (naive, copy) = (
+        rate_of(Op::Naive, &records),
+        rate_of(Op::CopyScale, &records),
+    );
+    for r in &mut records {
+        r.vs_naive = r.elements_per_s() / naive;
+        r.vs_copy = r.elements_per_s() / copy;
+    }
+    Ok(records)
+}
+
+/// One call of a contestant other than ONNX Runtime on the whole batch.
+fn run_here(
+    op: Op,
+    ours: &Softmax,
+    x: &[f32],
+    y: &mut [f32],
+    cols: usize,
+    pool: Option<&rayon::ThreadPool>,
+) {
+    match op {
+        Op::Softmax(..) => {
+            let result = ours.softmax_rows(
+                Rows::contiguous(x, cols).expect("whole rows"),
+                RowsMut::contiguous(y, cols).expect("whole rows"),
+            );
+            result.unwrap_or_else(|e| panic!("softmax refused a valid call: {e}"));
+        }
+        _ => yardstick(op, x, y, cols, pool),
+    }
+}
