@@ -174,12 +174,18 @@ macro_rules! token {
         }
 
         impl $name {
-            /// The token, if this CPU has every feature of its region.
+            /// The token, if this CPU has every feature of its region:
+            /// detected on the first call, then one load (a call's dispatch
+            /// asks every time).
+            #[inline]
             pub fn try_new() -> Option<Self> {
-                if !($(std::arch::$detect!($feature))&&+) {
-                    return None;
-                }
-                <$simd>::try_new().map(|simd| Self { simd })
+                static FOUND: std::sync::OnceLock<Option<$name>> = std::sync::OnceLock::new();
+                *FOUND.get_or_init(|| {
+                    if !($(std::arch::$detect!($feature))&&+) {
+                        return None;
+                    }
+                    <$simd>::try_new().map(|simd| Self { simd })
+                })
             }
 
             #[inline(always)]
