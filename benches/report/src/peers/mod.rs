@@ -7,7 +7,12 @@
 //!                        Parallelism::Serial (1) or a rayon pool of n;
 //!                        ONNX Runtime: intra-op threads n, its defaults otherwise
 //! round r = 1..R         each contestant in turn (the order rotating per round) runs
-//!                        one sample: calls filling ~seconds/R, mean time per call
+//!                        one sample: calls filling ~seconds/R, mean time per call;
+//!                        a pause before each sample lets the previous contestant's
+//!                        threads stop spinning: ONNX Runtime's intra-op workers spin
+//!                        ~60 ms after a call (measured here), rayon's far less, and
+//!                        on a small machine a spinning peer takes the cores of the
+//!                        one being timed
 //! ×ORT                   median over rounds of ORT's time / the contestant's time
 //!                        in the same round (> 1: faster than ONNX Runtime)
 //! check                  each contestant once on set 0, outputs poisoned first,
@@ -22,6 +27,11 @@ use crate::timing::{median, seconds_of, Measurement};
 use crate::workload::{logits, max_error, reference_softmax, Dtype, Shape};
 use onnxruntime::{OrtSoftmax, Runtime};
 use softmax::{Isa, Rows, RowsMut, Softmax};
+use std::time::Duration;
+
+/// The pause before each sample: after ONNX Runtime's, and after the others'.
+const QUIET_AFTER_ORT: Duration = Duration::from_millis(100);
+const QUIET: Duration = Duration::from_millis(10);
 
 /// The contestants, ONNX Runtime second so that ours is measured beside it.
 pub fn contestants() -> [Op; 4] {
@@ -78,9 +88,15 @@ pub fn measure_peers(
         .collect();
     let mut per_call = vec![Vec::with_capacity(rounds); ops.len()];
     let mut next = 0usize;
+    let mut previous = None;
     for round in 0..rounds {
         for turn in 0..ops.len() {
             let c = (round + turn) % ops.len();
+            std::thread::sleep(match previous {
+                Some(Op::OnnxRuntime) => QUIET_AFTER_ORT,
+                _ => QUIET,
+            });
+            previous = Some(ops[c]);
             let sample = seconds_of(|| {
                 for _ in 0..calls[c] {
                     call(ops[c], &mut ort, next % sets);
