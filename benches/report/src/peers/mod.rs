@@ -58,21 +58,33 @@ pub fn measure_peers(
     let mut ort = OrtSoftmax::new(rt, shape, threads, &x, sets).map_err(|e| e.to_string())?;
     let ours = best_softmax(&pool);
     let ops = contestants();
-    let call = |op: Op, ort: &mut OrtSoftmax, set: usize| {
+    // `count` calls of `op`, walking through the sets from `*next`: their seconds.
+    let calls_of = |op: Op, ort: &mut OrtSoftmax, count: usize, next: &mut usize| {
         if op == Op::OnnxRuntime {
-            return ort.run(set);
+            return seconds_of(|| {
+                for _ in 0..count {
+                    ort.run(*next % sets);
+                    *next += 1;
+                }
+            });
         }
-        let (x, y) = ort.buffers(set);
-        run_here(op, &ours, x, y, shape.cols, pool.as_deref());
+        let mut buffers = ort.buffers();
+        seconds_of(|| {
+            for _ in 0..count {
+                let (x, y) = &mut buffers[*next % sets];
+                run_here(op, &ours, x, y, shape.cols, pool.as_deref());
+                *next += 1;
+            }
+        })
     };
 
     // The check, which is also each contestant's first call (the warm-up).
     let mut errors = Vec::new();
     let mut one_call = Vec::new();
     for &op in &ops {
-        ort.buffers(0).1.fill(f32::NAN);
-        one_call.push(seconds_of(|| call(op, &mut ort, 0)));
-        let (x, y) = ort.buffers(0);
+        ort.buffers()[0].1.fill(f32::NAN);
+        one_call.push(calls_of(op, &mut ort, 1, &mut 0));
+        let (x, y) = &ort.buffers()[0];
         errors.push(match op {
             Op::CopyScale => {
                 let scaled: Vec<f32> = x.iter().map(|&v| COPY_SCALE_FACTOR * v).collect();
@@ -97,12 +109,7 @@ pub fn measure_peers(
                 _ => QUIET,
             });
             previous = Some(ops[c]);
-            let sample = seconds_of(|| {
-                for _ in 0..calls[c] {
-                    call(ops[c], &mut ort, next % sets);
-                    next += 1;
-                }
-            });
+            let sample = calls_of(ops[c], &mut ort, calls[c], &mut next);
             per_call[c].push(sample / calls[c] as f64);
         }
     }

@@ -144,12 +144,15 @@ impl OrtSoftmax {
         outputs.unwrap_or_else(|e| panic!("ONNX Runtime refused a valid call: {e}"));
     }
 
-    /// Set `set`'s input and output, for the other contestants to run on.
-    pub fn buffers(&mut self, set: usize) -> (&[f32], &mut [f32]) {
-        let Bound { x, y, .. } = &mut self.sets[set];
-        let x = x.try_extract_tensor::<f32>().expect("an f32 tensor").1;
-        let y = y.try_extract_tensor_mut::<f32>().expect("an f32 tensor").1;
-        (x, y)
+    /// Every set's input and output, for the other contestants to run on
+    /// (taken once per sample: each take is a few C API calls).
+    pub fn buffers(&mut self) -> Vec<(&[f32], &mut [f32])> {
+        fn take(Bound { x, y, .. }: &mut Bound) -> (&[f32], &mut [f32]) {
+            let x = x.try_extract_tensor::<f32>().expect("an f32 tensor").1;
+            let y = y.try_extract_tensor_mut::<f32>().expect("an f32 tensor").1;
+            (x, y)
+        }
+        self.sets.iter_mut().map(take).collect()
     }
 }
 
