@@ -164,7 +164,7 @@ impl Workload {
                 softmax.log_softmax_rows(rows(), RowsMut::contiguous(y, cols).unwrap())
             }
             Op::LogSumExp(..) => softmax.logsumexp_rows(rows(), lse),
-            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime => {
+            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime | Op::Candle => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -241,7 +241,7 @@ impl Timed for OpRun<'_> {
             Op::Naive | Op::Softmax(..) => max_error(y, &reference.softmax[elements]),
             Op::LogSoftmax(..) => max_error(y, &reference.log_softmax[elements]),
             Op::LogSumExp(..) => max_error(&work.lse[0][..count], &reference.logsumexp[..count]),
-            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime => {
+            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime | Op::Candle => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -263,7 +263,7 @@ pub fn measure_group(
         let (isa, algorithm) = match op {
             Op::Softmax(i, a) | Op::LogSoftmax(i, a) | Op::LogSumExp(i, a) => (i, a),
             Op::Naive | Op::CopyScale => (Isa::Scalar, Algorithm::Auto),
-            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime => {
+            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime | Op::Candle => {
                 unreachable!("those tables have their own workloads")
             }
         };

@@ -14,6 +14,8 @@ pub enum Op {
     CopyScale,
     /// ONNX Runtime's CPU softmax (the side-by-side table).
     OnnxRuntime,
+    /// candle's `softmax_last_dim` (the side-by-side table, `--features candle`).
+    Candle,
     Softmax(Isa, Algorithm),
     LogSoftmax(Isa, Algorithm),
     LogSumExp(Isa, Algorithm),
@@ -29,6 +31,7 @@ impl Op {
             Op::Naive => "naive",
             Op::CopyScale => "copy-scale",
             Op::OnnxRuntime => "onnxruntime",
+            Op::Candle => "candle",
             Op::Softmax(..) => "softmax",
             Op::LogSoftmax(..) => "log-softmax",
             Op::LogSumExp(..) => "logsumexp",
@@ -41,6 +44,7 @@ impl Op {
         match self {
             Op::Naive => "scalar".into(),
             Op::OnnxRuntime => "mlas".into(),
+            Op::Candle => "scalar".into(),
             Op::CopyScale | Op::Training(_) | Op::Sampling(_) => format!("{}", Isa::detect()),
             Op::Softmax(isa, _) | Op::LogSoftmax(isa, _) | Op::LogSumExp(isa, _) => isa.to_string(),
         }
@@ -51,6 +55,7 @@ impl Op {
             Op::Naive => "3-loop",
             Op::CopyScale => "y=c·x",
             Op::OnnxRuntime => "Softmax-13",
+            Op::Candle => "last-dim",
             Op::Softmax(_, a) | Op::LogSoftmax(_, a) | Op::LogSumExp(_, a) => a.name(),
             Op::Training(Pass::Forward) => Algorithm::Auto.name(),
             Op::Training(_) => "-",

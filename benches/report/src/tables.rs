@@ -316,6 +316,20 @@ pub fn print_peers_summary(records: &[Record], version: &str) {
         };
         println!("  {t} thr  ahead: {}", list(&ahead));
         println!("         behind: {}", list(&behind));
+        // Against candle (built with --features candle), from the two ×ORT columns.
+        let vs_candle: Vec<String> = records
+            .iter()
+            .filter(|r| r.threads == t && r.op == Op::Candle)
+            .filter_map(|c| {
+                let ours = records.iter().find(|r| {
+                    r.threads == t && r.shape == c.shape && matches!(r.op, Op::Softmax(..))
+                })?;
+                Some(format!("{} {:.1}×", c.shape, ours.vs_ort / c.vs_ort))
+            })
+            .collect();
+        if !vs_candle.is_empty() {
+            println!("         ×candle: {}", vs_candle.join(", "));
+        }
     }
     println!();
 }

@@ -19,6 +19,8 @@
 //!                        against the scalar ISA: |Δ| ≤ 1e-6·max(1,|ref|)
 //! ```
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod onnxruntime;
 
 use crate::measure::{best_softmax, buffer_sets, out_of_cache, yardstick, Pool, COPY_SCALE_FACTOR};
@@ -33,14 +35,19 @@ use std::time::Duration;
 const QUIET_AFTER_ORT: Duration = Duration::from_millis(100);
 const QUIET: Duration = Duration::from_millis(10);
 
-/// The contestants, ONNX Runtime second so that ours is measured beside it.
-pub fn contestants() -> [Op; 4] {
-    [
+/// The contestants, ONNX Runtime second so that ours is measured beside it
+/// (candle too, when the report is built with `--features candle`).
+pub fn contestants() -> Vec<Op> {
+    let mut ops = vec![
         Op::Softmax(Isa::detect(), softmax::Algorithm::Auto),
         Op::OnnxRuntime,
         Op::Naive,
         Op::CopyScale,
-    ]
+    ];
+    if cfg!(feature = "candle") {
+        ops.push(Op::Candle);
+    }
+    ops
 }
 
 /// The contestants on one shape and thread count: their records, ×ORT filled in.
@@ -58,12 +65,23 @@ pub fn measure_peers(
     let mut ort = OrtSoftmax::new(rt, shape, threads, &x, sets).map_err(|e| e.to_string())?;
     let ours = best_softmax(&pool);
     let ops = contestants();
+    #[cfg(feature = "candle")]
+    let candle = candle::CandleSoftmax::new(shape, &x, sets, pool.clone())?;
     // `count` calls of `op`, walking through the sets from `*next`: their seconds.
     let calls_of = |op: Op, ort: &mut OrtSoftmax, count: usize, next: &mut usize| {
         if op == Op::OnnxRuntime {
             return seconds_of(|| {
                 for _ in 0..count {
                     ort.run(*next % sets);
+                    *next += 1;
+                }
+            });
+        }
+        #[cfg(feature = "candle")]
+        if op == Op::Candle {
+            return seconds_of(|| {
+                for _ in 0..count {
+                    drop(candle.run(*next % sets));
                     *next += 1;
                 }
             });
@@ -90,6 +108,8 @@ pub fn measure_peers(
                 let scaled: Vec<f32> = x.iter().map(|&v| COPY_SCALE_FACTOR * v).collect();
                 max_error(y, &scaled)
             }
+            #[cfg(feature = "candle")]
+            Op::Candle => max_error(&candle.output(0), &want),
             _ => max_error(y, &want),
         });
     }
