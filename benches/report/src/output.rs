@@ -121,10 +121,17 @@ struct Settings {
     half_precision_shapes: Vec<String>,
     training_shape: Option<String>,
     sampling_cols: Vec<usize>,
+    /// The ONNX Runtime of the side-by-side table (none: no table).
+    onnxruntime_version: Option<String>,
 }
 
 /// The machine, the settings and every record; NaN and infinities are null.
-pub fn json(machine: &Machine, config: &Config, seconds: f64, records: &[Record]) -> String {
+pub fn json(
+    machine: &Machine,
+    config: &Config,
+    (seconds, ort_version): (f64, Option<&str>),
+    records: &[Record],
+) -> String {
     let document = Document {
         machine: MachineFacts {
             cpu: machine.cpu.clone(),
@@ -153,6 +160,7 @@ pub fn json(machine: &Machine, config: &Config, seconds: f64, records: &[Record]
             half_precision_shapes: config.half_shapes.iter().map(|s| s.to_string()).collect(),
             training_shape: config.training.map(|s| s.to_string()),
             sampling_cols: config.sampling.clone(),
+            onnxruntime_version: ort_version.map(str::to_string),
         },
         results: records.iter().map(Row::new).collect(),
     };

@@ -287,7 +287,12 @@ impl<'a> Run<'a> {
             ),
             (
                 "results.json",
-                output::json(&self.machine, config, self.seconds, records),
+                output::json(
+                    &self.machine,
+                    config,
+                    (self.seconds, self.ort_version.as_deref()),
+                    records,
+                ),
             ),
             (
                 "throughput.svg",
