@@ -1,5 +1,5 @@
 //! The fused cross-entropy allocates nothing proportional to the batch: with a
-//! counting global allocator, a loss-and-gradient call over 8 rows and one over
+//! counting global allocator, a loss-and-gradient call over 64 rows and one over
 //! 512 rows allocate the same (after a warm-up call has started the thread
 //! pools and their thread-locals), serially and on a 2-thread pool. One test
 //! in this binary, so no other test allocates while it counts.
@@ -55,7 +55,9 @@ const SLACK_CALLS: usize = 4;
 
 #[test]
 fn fused_loss_and_grad_allocates_nothing_per_row() {
-    const COLS: usize = 4096; // 8 rows already reach the parallel threshold
+    const COLS: usize = 4096;
+    // The smaller batch already reaches the parallel threshold.
+    const MIN_ROWS: usize = softmax::PARALLEL_MIN_ELEMENTS / COLS;
     const MAX_ROWS: usize = 512;
     let x: Vec<f32> = (0..MAX_ROWS * COLS)
         .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
@@ -108,16 +110,16 @@ fn fused_loss_and_grad_allocates_nothing_per_row() {
                 })
             };
             run(MAX_ROWS); // warm-up: pool threads, thread-locals, detection
-            run(8);
-            let small = run(8);
+            run(MIN_ROWS);
+            let small = run(MIN_ROWS);
             let large = run(MAX_ROWS);
             eprintln!(
-                "alloc: {name:<9} {what:<30} 8 rows: {} allocations, {} bytes; {MAX_ROWS} rows: {} allocations, {} bytes",
+                "alloc: {name:<9} {what:<30} {MIN_ROWS} rows: {} allocations, {} bytes; {MAX_ROWS} rows: {} allocations, {} bytes",
                 small.0, small.1, large.0, large.1
             );
             assert!(
                 large.0 <= small.0 + SLACK_CALLS && large.1 <= small.1 + 64 * SLACK_CALLS,
-                "{name} {what} f32 cols {COLS}: {MAX_ROWS} rows allocate {large:?} (calls, bytes), 8 rows {small:?}"
+                "{name} {what} f32 cols {COLS}: {MAX_ROWS} rows allocate {large:?} (calls, bytes), {MIN_ROWS} rows {small:?}"
             );
         }
         // The backward pass over rows, the same way.
@@ -128,15 +130,15 @@ fn fused_loss_and_grad_allocates_nothing_per_row() {
             measure(|| sm.softmax_backward_rows_in_place(y, g).unwrap())
         };
         run(MAX_ROWS);
-        let small = run(8);
+        let small = run(MIN_ROWS);
         let large = run(MAX_ROWS);
         eprintln!(
-            "alloc: {name:<9} {:<30} 8 rows: {} allocations, {} bytes; {MAX_ROWS} rows: {} allocations, {} bytes",
+            "alloc: {name:<9} {:<30} {MIN_ROWS} rows: {} allocations, {} bytes; {MAX_ROWS} rows: {} allocations, {} bytes",
             "softmax_backward_rows_in_place", small.0, small.1, large.0, large.1
         );
         assert!(
             large.0 <= small.0 + SLACK_CALLS && large.1 <= small.1 + 64 * SLACK_CALLS,
-            "{name} softmax_backward_rows_in_place f32 cols {COLS}: {MAX_ROWS} rows allocate {large:?}, 8 rows {small:?}"
+            "{name} softmax_backward_rows_in_place f32 cols {COLS}: {MAX_ROWS} rows allocate {large:?}, {MIN_ROWS} rows {small:?}"
         );
     }
 }

@@ -1468,10 +1468,10 @@ fn strided_batches_match_row_calls() {
 }
 
 /// Totals, per-row losses and gradients, bit for bit, across Serial, Auto and
-/// pools of 1, 2 and 3 threads, on a batch the crate splits (64 × 1000).
+/// pools of 1, 2 and 3 threads, on a batch the crate splits (320 × 1000).
 #[test]
 fn cross_entropy_is_deterministic_across_thread_counts() {
-    let (rows, cols) = (64, 1000);
+    let (rows, cols) = (320, 1000);
     assert!(rows * cols >= softmax::PARALLEL_MIN_ELEMENTS);
     let shape = Shape {
         rows,
