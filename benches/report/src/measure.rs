@@ -287,16 +287,22 @@ pub fn measure_group(
             ..Record::new(Section::Main, shape, op, threads, m)
         });
     }
+    fill_yardstick_ratios(&mut group);
+    group
+}
+
+/// ×naive and ×copy of every record of one (shape, threads) group, from the
+/// group's naive and copy-scale records (NaN without them).
+pub(crate) fn fill_yardstick_ratios(group: &mut [Record]) {
     let rate_of = |wanted: Op| {
         let r = group.iter().find(|r| r.op == wanted);
         r.map_or(f64::NAN, Record::elements_per_s)
     };
     let (naive_rate, copy_rate) = (rate_of(Op::Naive), rate_of(Op::CopyScale));
-    for record in &mut group {
+    for record in group {
         record.vs_naive = record.elements_per_s() / naive_rate;
         record.vs_copy = record.elements_per_s() / copy_rate;
     }
-    group
 }
 
 // ---------------------------------------------------------------- half precision

@@ -23,7 +23,10 @@
 pub mod candle;
 pub mod onnxruntime;
 
-use crate::measure::{best_softmax, buffer_sets, out_of_cache, yardstick, Pool, COPY_SCALE_FACTOR};
+use crate::measure::{
+    best_softmax, buffer_sets, fill_yardstick_ratios, out_of_cache, yardstick, Pool,
+    COPY_SCALE_FACTOR,
+};
 use crate::record::{Op, Record, Section};
 use crate::timing::{median, seconds_of, Measurement};
 use crate::workload::{logits, max_error, reference_softmax, Dtype, Shape};
@@ -157,18 +160,7 @@ pub fn measure_peers(
             }
         })
         .collect();
-    let rate_of = |wanted: Op, records: &[Record]| {
-        let r = records.iter().find(|r| r.op == wanted);
-        r.map_or(f64::NAN, Record::elements_per_s)
-    };
-    let (naive, copy) = (
-        rate_of(Op::Naive, &records),
-        rate_of(Op::CopyScale, &records),
-    );
-    for r in &mut records {
-        r.vs_naive = r.elements_per_s() / naive;
-        r.vs_copy = r.elements_per_s() / copy;
-    }
+    fill_yardstick_ratios(&mut records);
     Ok(records)
 }
 
