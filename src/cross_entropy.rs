@@ -1,9 +1,9 @@
-//! Fused cross-entropy from logits: the loss and its gradient in two passes
-//! over each row, without storing probabilities.
+//! Fused cross-entropy from logits: the loss and its gradient, with one exp
+//! per element (three-pass) or one read for the statistics (online).
 
 use crate::batch::{self, Parallelism};
 use crate::rows::{output_len, same_shape};
-use crate::{Element, Error, Isa, Rows, RowsMut, Softmax};
+use crate::{Algorithm, Element, Error, Isa, Rows, RowsMut, Softmax};
 use rayon::ThreadPool;
 use softmax_kernels::{Labels, LossOptions, Targets};
 use std::sync::Arc;
@@ -105,6 +105,20 @@ impl<'w> CrossEntropy<'w> {
         Ok(self)
     }
 
+    /// How each row is passed over (default `Algorithm::Auto`). With a
+    /// gradient, `ThreePass` takes one exp per element: the max, then exp
+    /// stored (in the gradient buffer, or in working space in place or for an
+    /// f16 or bf16 gradient) while the sum is taken, then the gradient from
+    /// the stored values. `Online` reads each row once for its statistics and
+    /// takes exp again for the gradient. `Auto` is `ThreePass` below
+    /// [`AUTO_ONLINE_FROM_COLS`](crate::AUTO_ONLINE_FROM_COLS) columns, as for
+    /// softmax. Soft targets, and class weights with label smoothing, always
+    /// run online; the loss alone needs no stored values and runs online too.
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.softmax = self.softmax.with_algorithm(algorithm);
+        self
+    }
+
     /// Where the rows of a batch run (default `Parallelism::Auto`).
     pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
         self.softmax = self.softmax.with_parallelism(parallelism);
@@ -159,6 +173,10 @@ impl<'w> CrossEntropy<'w> {
     /// The ISA the rows run on.
     pub fn isa(&self) -> Isa {
         self.softmax.isa()
+    }
+    /// How each row is passed over.
+    pub fn algorithm(&self) -> Algorithm {
+        self.softmax.algorithm()
     }
     /// Where the rows of a batch run.
     pub fn parallelism(&self) -> &Parallelism {
@@ -297,6 +315,7 @@ impl<'w> CrossEntropy<'w> {
         };
         let job = softmax_kernels::CrossEntropy {
             options,
+            method: self.softmax.algorithm().method(cols),
             targets,
             x: x.map(|x| x.kernel_view()),
             grad: grad.map(|g| g.into_kernel_view()),

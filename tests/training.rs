@@ -25,7 +25,9 @@ use common::training::{
 };
 use common::{Backend, Guarded, Narrow, Rng, Values, EMULATED_TARGET};
 use softmax::half::{bf16, f16};
-use softmax::{CrossEntropy, Error, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax};
+use softmax::{
+    Algorithm, CrossEntropy, Error, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax,
+};
 use softmax_kernels::Output;
 use std::sync::Arc;
 
@@ -416,6 +418,23 @@ fn sweep_configs(weights: &[f32]) -> Vec<(LossConfig<'_>, bool)> {
             ..plain
         },
         true,
+    ));
+    // Hard labels both ways: one exp per element above, exp taken twice here.
+    cfgs.push((
+        LossConfig {
+            algorithm: Algorithm::Online,
+            ..plain
+        },
+        false,
+    ));
+    cfgs.push((
+        LossConfig {
+            smoothing: 0.1,
+            t: 0.7,
+            algorithm: Algorithm::Online,
+            ..plain
+        },
+        false,
     ));
     cfgs
 }

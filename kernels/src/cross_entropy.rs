@@ -1,17 +1,27 @@
-//! Cross-entropy from logits, with its gradient, in two passes over the row and
-//! without a probability ever being stored.
+//! Cross-entropy from logits, with its gradient, without a probability ever
+//! being stored: one exp per element (three-pass) or one read for the
+//! statistics (online).
 //!
 //! ```text
 //! target a_j = c·[j = label] + b + s·v_j      (hard label: c = (1-ε)·w_label, b + s·v_j = ε/K·w_j;
 //!                                              soft target q: c = 0, b = ε/K, s = 1-ε, v = q)
 //! A = Σ a_j                                   (known for hard labels; soft ones sum q first)
-//! pass 1    (max, ln S) of z = (x - max)/t     (the online statistics: one read)
-//! pass 2    grad_j = k·(A·e^(z_j - ln S) - a_j)    k = 1/t · (1 or 1/N for a mean)
-//!           T = Σ_{a_j ≠ 0} (b + s·v_j)·z_j         (same read; skipped when there is no gradient
-//!                                                   and no per-class term; summed as
-//!                                                   (x·2^-64 - max·2^-64)·2^64/t so that it stays
-//!                                                   finite for logits near ±f32::MAX)
-//! loss      A·ln S - c·z_label - T                 (= -Σ a_j·log-softmax_j, in f64)
+//! k = 1/t · (1 or 1/N for a mean)
+//!
+//! three-pass (a gradient, no side row: s = 0)
+//! pass 1    max of z = (x - max)/t
+//! pass 2    e_j = e^(z_j) stored (in the gradient row when it is f32 and not the logits,
+//!           else in a row of working space), S = Σ e_j, and T = b·Σ z_j when b ≠ 0
+//! pass 3    grad_j = k·A/S · e_j - k·b            (the label's entry then set apart, in f64)
+//!
+//! online (any target; the loss alone)
+//! pass 1    (max, ln S) of z                      (the online statistics: one read)
+//! pass 2    grad_j = k·(A·e^(z_j - ln S) - a_j)
+//!           T = Σ_{a_j ≠ 0} (b + s·v_j)·z_j       (same read; skipped when there is no gradient
+//!                                                 and no per-class term)
+//!
+//! T is summed as (x·2^-64 - max·2^-64)·2^64/t so that it stays finite for logits near ±f32::MAX.
+//! loss      A·ln S - c·z_label - T                (= -Σ a_j·log-softmax_j, in f64)
 //! ```
 //! A term whose target is 0 adds 0 even where its log-probability is -inf.
 //! Rows whose max is not finite follow the forward rules (NaN anywhere: loss and
@@ -21,15 +31,18 @@
 
 use crate::arch::Arch;
 use crate::backward::Sum;
-use crate::exp::exp_flushed_below;
-use crate::exp_sum::sums_lanes_into;
-use crate::forward::{online_stats, softmax_cutoff, Special, Stats};
-use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
-use crate::output::{Fill, Map};
+use crate::exp::{exp_flushed_below, CUTOFF};
+use crate::exp_sum::{sum_lanes_f64, sums_lanes_into, ExpSum, SUM_FLUSH_STEPS};
+use crate::forward::{
+    classify, exp_pass, finite_or_nan, online_stats, row_range, softmax_cutoff, stored_floor,
+    ExpPass, Special, Stats, PEAKED,
+};
+use crate::loops::{read, read_pair, run, run_pair, write, Io, Kernel, PairIo, Stage};
+use crate::output::{Fill, Map, ScaleOffset};
 use crate::shift::{with_shift_and_test, AnyShift, Shift};
 use crate::storage::{AnySlice, AnySliceMut, Kind};
 use crate::strided::{SplitRows, Strided, StridedMut};
-use crate::{stage_len, Batch, Job, Temperature};
+use crate::{stage_len, Batch, Job, Method, Temperature};
 use pulp::Simd;
 
 /// What one row is scored against.
@@ -111,11 +124,16 @@ impl<Z: Shift, const FLUSH: bool> LossGrad<Z, FLUSH> {
     fn exp<S: Simd, const F: bool>(&self, simd: S, z: S::f32s) -> S::f32s {
         exp_flushed_below::<S, F>(simd, z, self.cutoff)
     }
-    /// (x - max)·2^-64, rounded once: finite wherever x is.
     #[inline(always)]
     fn scaled_difference<S: Simd>(&self, simd: S, x: S::f32s) -> S::f32s {
-        simd.mul_add_f32s(x, simd.splat_f32s(DOWN), simd.splat_f32s(-self.max_scaled))
+        scaled_difference(simd, x, self.max_scaled)
     }
+}
+
+/// (x - max)·2^-64 from `max_scaled` = max·2^-64, rounded once: finite wherever x is.
+#[inline(always)]
+fn scaled_difference<S: Simd>(simd: S, x: S::f32s, max_scaled: f32) -> S::f32s {
+    simd.mul_add_f32s(x, simd.splat_f32s(DOWN), simd.splat_f32s(-max_scaled))
 }
 
 /// Keeps the first `valid` lanes of `v` and zeroes the rest.
@@ -246,16 +264,39 @@ fn logits<'s>(x: &Option<AnySlice<'s>>, grad: &'s Option<AnySliceMut<'_>>) -> An
     }
 }
 
-/// The loss of one row; its gradient too when `grad` is given. In place when
-/// `x` is `None` (then `grad` holds the logits).
+/// [`logits`] with the gradient row borrowed.
 #[inline(always)]
+fn logits_of<'s>(x: &Option<AnySlice<'s>>, grad: &'s Option<&mut AnySliceMut<'_>>) -> AnySlice<'s> {
+    match (x, grad) {
+        (Some(x), _) => *x,
+        (None, Some(g)) => g.shared(),
+        (None, None) => unreachable!("a cross-entropy row needs its logits"),
+    }
+}
+
+/// [`logits`] of a row with a gradient.
+#[inline(always)]
+fn logits_in<'s>(x: &Option<AnySlice<'s>>, grad: &'s AnySliceMut<'_>) -> AnySlice<'s> {
+    match x {
+        Some(x) => *x,
+        None => grad.shared(),
+    }
+}
+
+/// The loss of one row; its gradient too when `grad` is given. In place when
+/// `x` is `None` (then `grad` holds the logits). `exps` holds a row of f32
+/// where [`stored_passes`] keeps the exponentials outside the gradient row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn cross_entropy_row<A: Arch>(
     arch: A,
     st: &mut Stage<'_>,
     options: &LossOptions<'_>,
+    method: Method,
     target: RowTarget<'_>,
     x: Option<AnySlice<'_>>,
     mut grad: Option<AnySliceMut<'_>>,
+    exps: &mut [f32],
 ) -> f64 {
     let k = logits(&x, &grad).len();
     let eps = options.smoothing as f64;
@@ -297,34 +338,19 @@ pub(crate) fn cross_entropy_row<A: Arch>(
     };
     let inv_t = options.temperature.inv;
     let scale = options.grad_scale * inv_t as f64;
-    let stats = online_stats(arch, st, logits(&x, &grad), inv_t);
-    let (max, min, ln_sum) = match stats {
-        Stats::Finite { max, min, ln_sum } => (max, min, ln_sum),
-        Stats::Special(special) => return special_row(special, &c, scale, x, grad),
+    let passes = match (method, c.side, grad.as_mut()) {
+        (Method::ThreePass, None, Some(g)) => stored_passes(arch, st, &c, scale, inv_t, x, g, exps),
+        _ => online_passes(arch, st, &c, scale, inv_t, x, grad.as_mut()),
     };
-    // Read before the gradient pass, which may overwrite it.
-    let x_label = c.label.map(|j| logits(&x, &grad).get(j));
-    let has_terms = c.base != 0.0 || c.side.is_some();
-    let mut terms = 0.0;
-    if grad.is_some() || has_terms {
-        let (cutoff, flush) = softmax_cutoff(max, min, inv_t, ln_sum);
-        let io = Pass {
-            x,
-            grad: grad.as_mut().map(|g| g.reborrow()),
-            side: c.side,
-        };
-        let r = (scale * c.total * (-ln_sum).exp()) as f32;
-        let shift = AnyShift::new(max, min, inv_t);
-        let scaled = with_shift_and_test!(shift, flush, z, TEST => {
-            io.run::<A, _, TEST>(arch, st, loss_grad(z, cutoff, r, &c, scale, max))
-        });
-        terms = scaled * UP * inv_t as f64;
-        // Without a side row each term is b·z: none at all when b = 0 (a -inf
-        // logit would otherwise give 0·-inf).
-        if c.side.is_none() {
-            terms = if c.base != 0.0 { terms * c.base } else { 0.0 };
-        }
-    }
+    let Row {
+        max,
+        ln_sum,
+        terms,
+        x_label,
+    } = match passes {
+        Ok(row) => row,
+        Err(special) => return special_row(special, &c, scale, x, grad),
+    };
     let mut loss = c.total * ln_sum - terms;
     if let (Some(label), Some(x_label)) = (c.label, x_label) {
         let z_label = (x_label - max as f64) * inv_t as f64;
@@ -337,6 +363,236 @@ pub(crate) fn cross_entropy_row<A: Arch>(
         }
     }
     loss
+}
+
+/// What the passes over a row with a finite max leave for its loss: the max,
+/// ln S, T (the Σ of the per-class terms) and the label's logit (read before
+/// an in-place gradient overwrote it).
+struct Row {
+    max: f32,
+    ln_sum: f64,
+    terms: f64,
+    x_label: Option<f64>,
+}
+
+/// `Method::Online`: the statistics in one read, then a pass that takes
+/// exp(z) again for the gradient (when there is one) and T (when the target
+/// has per-class terms). Any target; the only method for soft targets and
+/// weights with smoothing.
+#[inline(always)]
+fn online_passes<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    c: &Coefficients<'_>,
+    scale: f64,
+    inv_t: f32,
+    x: Option<AnySlice<'_>>,
+    mut grad: Option<&mut AnySliceMut<'_>>,
+) -> Result<Row, Special> {
+    let stats = online_stats(arch, st, logits_of(&x, &grad), inv_t);
+    let (max, min, ln_sum) = match stats {
+        Stats::Finite { max, min, ln_sum } => (max, min, ln_sum),
+        Stats::Special(special) => return Err(special),
+    };
+    // Read before the gradient pass, which may overwrite it.
+    let x_label = c.label.map(|j| logits_of(&x, &grad).get(j));
+    let has_terms = c.base != 0.0 || c.side.is_some();
+    let mut terms = 0.0;
+    if grad.is_some() || has_terms {
+        let (cutoff, flush) = softmax_cutoff(max, min, inv_t, ln_sum);
+        let io = Pass {
+            x,
+            grad: grad.as_mut().map(|g| g.reborrow()),
+            side: c.side,
+        };
+        let r = (scale * c.total * (-ln_sum).exp()) as f32;
+        let shift = AnyShift::new(max, min, inv_t);
+        let scaled = with_shift_and_test!(shift, flush, z, TEST => {
+            io.run::<A, _, TEST>(arch, st, loss_grad(z, cutoff, r, c, scale, max))
+        });
+        terms = scaled * UP * inv_t as f64;
+        // Without a side row each term is b·z: none at all when b = 0 (a -inf
+        // logit would otherwise give 0·-inf).
+        if c.side.is_none() {
+            terms = if c.base != 0.0 { terms * c.base } else { 0.0 };
+        }
+    }
+    Ok(Row {
+        max,
+        ln_sum,
+        terms,
+        x_label,
+    })
+}
+
+/// `Method::ThreePass` with a gradient and no side row: the max; exp(z)
+/// stored (in the gradient row when it is f32 and not the logits, else in
+/// `exps`) while S and T are summed; then the gradient from the stored
+/// values, k·(A·e/S - b). One exp per element.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn stored_passes<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    c: &Coefficients<'_>,
+    scale: f64,
+    inv_t: f32,
+    x: Option<AnySlice<'_>>,
+    grad: &mut AnySliceMut<'_>,
+    exps: &mut [f32],
+) -> Result<Row, Special> {
+    let (max, min) = row_range(arch, st, logits_in(&x, grad));
+    if !max.is_finite() {
+        return Err(classify(arch, st, logits_in(&x, grad)));
+    }
+    let x_label = c.label.map(|j| logits_in(&x, grad).get(j));
+    let n = grad.len();
+    let sum_terms = c.base != 0.0;
+    let range = (max, min, inv_t);
+    let in_grad = match x {
+        Some(x) if grad.kind() == Kind::F32 => {
+            let io = Io::Map(x, grad.reborrow());
+            let pass = StoreExp { io, max, sum_terms };
+            Some(exp_pass(arch, st, range, pass))
+        }
+        _ => None,
+    };
+    let ((sum, scaled), e) = match in_grad {
+        Some(sums) => (sums, None),
+        None => {
+            let io = Io::Map(logits_in(&x, grad), AnySliceMut::F32(&mut exps[..n]));
+            let pass = StoreExp { io, max, sum_terms };
+            (
+                exp_pass(arch, st, range, pass),
+                Some(AnySlice::F32(&exps[..n])),
+            )
+        }
+    };
+    let ln_sum = match finite_or_nan(arch, st, logits_in(&x, grad), range, sum) {
+        Stats::Finite { ln_sum, .. } => ln_sum,
+        Stats::Special(special) => return Err(special),
+    };
+    // 1/S, unless S was recomputed apart from the max's terms for accuracy.
+    let inv_sum = if sum < PEAKED {
+        (-ln_sum).exp()
+    } else {
+        1.0 / sum
+    };
+    let r = (scale * c.total * inv_sum) as f32;
+    let offset = (scale * c.base) as f32;
+    let (floor, flush) = stored_floor(max, min, inv_t, sum);
+    let y = grad.reborrow();
+    if flush {
+        write(
+            arch,
+            e,
+            y,
+            st,
+            &mut Map(ScaleOffset::<true> { floor, r, offset }),
+        );
+    } else {
+        write(
+            arch,
+            e,
+            y,
+            st,
+            &mut Map(ScaleOffset::<false> { floor, r, offset }),
+        );
+    }
+    let terms = match sum_terms {
+        true => scaled * UP * inv_t as f64 * c.base,
+        false => 0.0,
+    };
+    Ok(Row {
+        max,
+        ln_sum,
+        terms,
+        x_label,
+    })
+}
+
+/// Σ exp(z), stored through `io`, and Σ (x - max)·2^-64 when `sum_terms`.
+struct StoreExp<'a> {
+    io: Io<'a>,
+    max: f32,
+    sum_terms: bool,
+}
+
+impl ExpPass for StoreExp<'_> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn pass<A: Arch, Z: Shift, const FLUSH: bool>(
+        self,
+        arch: A,
+        st: &mut Stage<'_>,
+        z: Z,
+    ) -> (f64, f64) {
+        if self.sum_terms {
+            let mut k = ExpSumTerms::<Z, FLUSH> {
+                shift: z,
+                max_scaled: self.max * DOWN,
+                total: 0.0,
+                terms: 0.0,
+            };
+            run(arch, self.io, st, &mut k);
+            (k.total, k.terms)
+        } else {
+            let mut k = ExpSum::<Z, FLUSH>::new(z);
+            run(arch, self.io, st, &mut k);
+            (k.total, 0.0)
+        }
+    }
+}
+
+/// Σ exp(z) with the exponentials stored, and Σ (x - max)·2^-64 beside it.
+struct ExpSumTerms<Z, const FLUSH: bool> {
+    shift: Z,
+    max_scaled: f32,
+    total: f64,
+    terms: f64,
+}
+
+impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S> for ExpSumTerms<Z, FLUSH> {
+    /// (Σ exp(z), Σ (x - max)·2^-64)
+    type Acc = (S::f32s, S::f32s);
+    const FLUSH_STEPS: usize = SUM_FLUSH_STEPS;
+
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        f32::NEG_INFINITY
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> Self::Acc {
+        (simd.splat_f32s(0.0), simd.splat_f32s(0.0))
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, (sum, terms): Self::Acc, x: S::f32s) -> (Self::Acc, S::f32s) {
+        let e = exp_flushed_below::<S, FLUSH>(simd, self.shift.z(simd, x), CUTOFF);
+        let d = scaled_difference(simd, x, self.max_scaled);
+        ((simd.add_f32s(sum, e), simd.add_f32s(terms, d)), e)
+    }
+    #[inline(always)]
+    fn step_tail(
+        &self,
+        simd: S,
+        (sum, terms): Self::Acc,
+        x: S::f32s,
+        valid: usize,
+    ) -> (Self::Acc, S::f32s) {
+        // The fill lanes (-inf) need the underflow test, and no term.
+        let e = exp_flushed_below::<S, true>(simd, self.shift.z(simd, x), CUTOFF);
+        let d = first_lanes(simd, scaled_difference(simd, x, self.max_scaled), valid);
+        ((simd.add_f32s(sum, e), simd.add_f32s(terms, d)), e)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: Self::Acc, b: Self::Acc) -> Self::Acc {
+        (simd.add_f32s(a.0, b.0), simd.add_f32s(a.1, b.1))
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, (sum, terms): Self::Acc) {
+        self.total += sum_lanes_f64::<S>(&sum);
+        self.terms += sum_lanes_f64::<S>(&terms);
+    }
 }
 
 #[inline(always)]
@@ -529,6 +785,11 @@ impl<'a> Targets<'a> {
 /// logits in place when `x` is `None`). Returns the sum of the row losses.
 pub struct CrossEntropy<'a> {
     pub options: LossOptions<'a>,
+    /// `ThreePass`: one exp per element, stored between the sum and the
+    /// gradient, where the row has a gradient and no side row (labels, with
+    /// weights or smoothing but not both); otherwise, and for `Online`, the
+    /// statistics in one read and exp taken again for the gradient.
+    pub method: Method,
     pub targets: Targets<'a>,
     pub x: Option<Strided<'a>>,
     pub grad: Option<StridedMut<'a>>,
@@ -550,25 +811,50 @@ impl CrossEntropy<'_> {
     pub fn cols(&self) -> usize {
         self.shape().1
     }
-}
 
-impl Job for CrossEntropy<'_> {
-    type Output = f64;
-
-    fn scratch_len(&self) -> usize {
+    /// (stage, exponentials) lengths of the scratch space: a [`Stage`] for
+    /// f16 or bf16 rows, and a row of f32 exponentials where
+    /// [`stored_passes`] runs and cannot keep them in the gradient row (in
+    /// place, or a gradient that is not f32).
+    fn scratch_parts(&self) -> (usize, usize) {
         let x = self.x.as_ref().map(|x| x.kind());
         let g = self.grad.as_ref().map(|g| g.kind());
         let q = match &self.targets {
             Targets::Soft(q) => Some(q.kind()),
             Targets::Labels { .. } => None,
         };
-        stage_len(&[x, g, q].map(|k| k.unwrap_or(Kind::F32)))
+        let stage = stage_len(&[x, g, q].map(|k| k.unwrap_or(Kind::F32)));
+        let side_row = match self.targets {
+            Targets::Soft(_) => true,
+            Targets::Labels { .. } => {
+                self.options.weights.is_some() && self.options.smoothing > 0.0
+            }
+        };
+        let stored = self.method == Method::ThreePass && !side_row;
+        let exps = match (stored, x, g) {
+            (true, None, Some(_)) => self.cols(),
+            (true, Some(_), Some(g)) if g != Kind::F32 => self.cols(),
+            _ => 0,
+        };
+        (stage, exps)
+    }
+}
+
+impl Job for CrossEntropy<'_> {
+    type Output = f64;
+
+    fn scratch_len(&self) -> usize {
+        let (stage, exps) = self.scratch_parts();
+        stage + exps
     }
 
     #[inline(always)]
     fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) -> f64 {
         let rows = self.rows();
-        let mut stage = Stage::new(scratch);
+        let (stage_len, exps_len) = self.scratch_parts();
+        let (stage, exps) = scratch[..stage_len + exps_len].split_at_mut(stage_len);
+        let mut stage = Stage::new(stage);
+        let method = self.method;
         let mut total = 0.0;
         for i in 0..rows {
             // Matches, not Option::map: a closure would be compiled outside the region.
@@ -584,7 +870,8 @@ impl Job for CrossEntropy<'_> {
             };
             let target = self.targets.row(i);
             let st = &mut stage;
-            let loss = cross_entropy_row(arch, st, &self.options, target, xi, gi);
+            let options = &self.options;
+            let loss = cross_entropy_row(arch, st, options, method, target, xi, gi, exps);
             if let Some(losses) = self.losses.as_deref_mut() {
                 losses[i] = loss as f32;
             }
@@ -603,9 +890,10 @@ impl Batch for CrossEntropy<'_> {
         let (ga, gb) = self.grad.split_rows(k);
         let (ta, tb) = self.targets.split_at(k);
         let (la, lb) = self.losses.split_rows(k);
-        let options = self.options;
+        let (options, method) = (self.options, self.method);
         let part = |x, grad, targets, losses| CrossEntropy {
             options,
+            method,
             targets,
             x,
             grad,

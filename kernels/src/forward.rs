@@ -54,7 +54,7 @@ pub(crate) enum Stats {
 
 /// (max, min) of a row.
 #[inline(always)]
-fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32) {
+pub(crate) fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32) {
     let mut k = MinMax::new();
     read(arch, x, st, &mut k);
     (k.max, k.min)
@@ -88,7 +88,7 @@ fn ln_upper_bound(s: f64) -> f64 {
 
 /// A pass over e^z, z = (x - max)/t, compiled for each form of z and with or
 /// without the per-element underflow test; [`exp_pass`] picks the variant.
-trait ExpPass {
+pub(crate) trait ExpPass {
     type Output;
     fn pass<A: Arch, Z: Shift, const FLUSH: bool>(
         self,
@@ -102,7 +102,7 @@ trait ExpPass {
 /// min and 1/t, testing each element against the exp cutoff only where some
 /// z of the row may fall below it.
 #[inline(always)]
-fn exp_pass<A: Arch, P: ExpPass>(
+pub(crate) fn exp_pass<A: Arch, P: ExpPass>(
     arch: A,
     st: &mut Stage<'_>,
     (max, min, inv_t): (f32, f32, f32),
@@ -160,7 +160,7 @@ fn exp_sum<A: Arch>(
 
 /// Classifies a row whose max is not finite (or a block that is all -inf).
 #[inline(always)]
-fn classify<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> Special {
+pub(crate) fn classify<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> Special {
     let mut k = SpecialScan::default();
     read(arch, x, st, &mut k);
     if k.nans > 0 {
@@ -173,11 +173,11 @@ fn classify<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> Special {
 }
 
 /// S below this is recomputed without the max's own term (see [`ln_sum_peaked`]).
-const PEAKED: f64 = 1.0 + 1.0 / 64.0;
+pub(crate) const PEAKED: f64 = 1.0 + 1.0 / 64.0;
 
 /// The statistics of a row with a finite max and min, from its sum S.
 #[inline(always)]
-fn finite_or_nan<A: Arch>(
+pub(crate) fn finite_or_nan<A: Arch>(
     arch: A,
     st: &mut Stage<'_>,
     x: AnySlice<'_>,
@@ -319,6 +319,20 @@ fn subnormal_floor(sum: f64) -> f32 {
     (f32::MIN_POSITIVE as f64 * sum * FLOOR_MARGIN) as f32
 }
 
+/// For exponentials e = exp(z) stored while their sum S was taken: the floor
+/// below which e/S is subnormal, and whether some e of a row with this max,
+/// min and 1/t may fall below it (then the output pass tests each one).
+#[inline(always)]
+pub(crate) fn stored_floor(max: f32, min: f32, inv_t: f32, sum: f64) -> (f32, bool) {
+    // Every stored e ≥ floor when z ≥ ln(floor) (the 1e-5 covers exp's
+    // error); ln S is bounded from its exponent, saving a libm call per row.
+    let floor_z = CUTOFF as f64 + ln_upper_bound(sum) + FLOOR_MARGIN.ln() + 1e-5;
+    (
+        subnormal_floor(sum),
+        may_fall_below(max, min, inv_t, floor_z),
+    )
+}
+
 /// Softmax or log-softmax of one row: out of place when `x` is given, else in
 /// place on `y`. A three-pass softmax into a row that is not f32 keeps its
 /// exponentials in `exps` (at least as long as the row): rounding them to
@@ -362,16 +376,14 @@ pub(crate) fn forward_row<A: Arch>(
             if sum.is_nan() {
                 return write_special(arch, st, output, Special::Nan, x, y);
             }
-            let (floor, r) = (subnormal_floor(sum), (1.0 / sum) as f32);
-            // Every stored e ≥ floor when z ≥ ln(floor) (the 1e-5 covers exp's
-            // error); ln S is bounded from its exponent, saving a libm call per row.
-            let floor_z = CUTOFF as f64 + ln_upper_bound(sum) + FLOOR_MARGIN.ln() + 1e-5;
+            let (floor, flush) = stored_floor(max, min, inv_t, sum);
+            let r = (1.0 / sum) as f32;
             // A match, not bool::then: a closure would be compiled outside the region.
             let e = match in_output {
                 true => None,
                 false => Some(AnySlice::F32(&exps[..n])),
             };
-            return if may_fall_below(max, min, inv_t, floor_z) {
+            return if flush {
                 write(arch, e, y, st, &mut Map(Scale::<true> { floor, r }))
             } else {
                 write(arch, e, y, st, &mut Map(Scale::<false> { floor, r }))

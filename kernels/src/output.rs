@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! Scale          y = (e < floor ? 0 : e) · r                 three-pass softmax, pass 3
+//! ScaleOffset    y = (e < floor ? 0 : e) · r - offset        cross-entropy gradient, stored exponentials
 //! ExpScale       y = exp(z(x), cutoff) · r                   online softmax, output pass
 //! LogSoftmaxOut  y = z(x) - ln_sum                           every log-softmax (rounded to odd
 //!                                                            for f16/bf16 outputs)
@@ -52,16 +53,37 @@ pub(crate) struct Scale<const FLUSH: bool> {
     pub(crate) r: f32,
 }
 
+/// `e`, with 0 where it is below `floor` (when `FLUSH`).
+#[inline(always)]
+fn zero_below<S: Simd, const FLUSH: bool>(simd: S, e: S::f32s, floor: f32) -> S::f32s {
+    if FLUSH {
+        let tiny = simd.less_than_f32s(e, simd.splat_f32s(floor));
+        simd.select_f32s(tiny, simd.splat_f32s(0.0), e)
+    } else {
+        e
+    }
+}
+
 impl<S: Simd, const FLUSH: bool> Elementwise<S> for Scale<FLUSH> {
     #[inline(always)]
     fn apply(&self, simd: S, e: S::f32s) -> S::f32s {
-        let e = if FLUSH {
-            let tiny = simd.less_than_f32s(e, simd.splat_f32s(self.floor));
-            simd.select_f32s(tiny, simd.splat_f32s(0.0), e)
-        } else {
-            e
-        };
+        let e = zero_below::<S, FLUSH>(simd, e, self.floor);
         simd.mul_f32s(e, simd.splat_f32s(self.r))
+    }
+}
+
+/// [`Scale`] less a constant: the cross-entropy gradient from stored exponentials.
+pub(crate) struct ScaleOffset<const FLUSH: bool> {
+    pub(crate) floor: f32,
+    pub(crate) r: f32,
+    pub(crate) offset: f32,
+}
+
+impl<S: Simd, const FLUSH: bool> Elementwise<S> for ScaleOffset<FLUSH> {
+    #[inline(always)]
+    fn apply(&self, simd: S, e: S::f32s) -> S::f32s {
+        let e = zero_below::<S, FLUSH>(simd, e, self.floor);
+        simd.mul_add_f32s(e, simd.splat_f32s(self.r), simd.splat_f32s(-self.offset))
     }
 }
 

@@ -31,9 +31,12 @@ use super::backend::Backend;
 use super::bounds::{logsumexp_bound, softmax_bound, temperature_factor, U};
 use super::element::Narrow;
 use super::oracle::{reference, sum_f64, Reference, RowKind};
-use softmax::{CrossEntropy, Element, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax};
+use softmax::{
+    Algorithm, CrossEntropy, Element, Isa, Parallelism, Reduction, Rows, RowsMut, Softmax,
+};
 use softmax_kernels::{
-    Backward, Jacobian, Labels, LossOptions, Output, Strided, StridedMut, Targets, Temperature,
+    Backward, Jacobian, Labels, LossOptions, Method, Output, Strided, StridedMut, Targets,
+    Temperature,
 };
 use std::collections::BTreeMap;
 
@@ -71,6 +74,8 @@ pub struct LossConfig<'w> {
     pub weights: Option<&'w [f32]>,
     pub reduction: Reduction,
     pub ignore: Option<i64>,
+    /// `ThreePass` (one exp per element, where the target allows) or `Online`.
+    pub algorithm: Algorithm,
 }
 
 impl<'w> LossConfig<'w> {
@@ -81,17 +86,19 @@ impl<'w> LossConfig<'w> {
             weights: None,
             reduction: Reduction::Mean,
             ignore: Some(softmax::DEFAULT_IGNORE_INDEX),
+            algorithm: Algorithm::Auto,
         }
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "t {:e} smoothing {} weights {} reduction {:?} ignore {:?}",
+            "t {:e} smoothing {} weights {} reduction {:?} ignore {:?} {:?}",
             self.t,
             self.smoothing,
             if self.weights.is_some() { "yes" } else { "no" },
             self.reduction,
-            self.ignore
+            self.ignore,
+            self.algorithm
         )
     }
 
@@ -106,6 +113,7 @@ impl<'w> LossConfig<'w> {
             .unwrap()
             .with_ignore_index(self.ignore)
             .with_reduction(self.reduction)
+            .with_algorithm(self.algorithm)
             .with_parallelism(parallelism);
         if let Some(w) = self.weights {
             ce = ce.with_weights(w).unwrap();
@@ -338,8 +346,13 @@ impl Backend {
                     },
                     grad_scale: cfg.scale(denominator),
                 };
+                let method = match cfg.algorithm {
+                    Algorithm::Online => Method::Online,
+                    _ => Method::ThreePass,
+                };
                 let sum = self.vectorize(softmax_kernels::CrossEntropy {
                     options,
+                    method,
                     targets,
                     x: x.map(|x| Strided::new(T::any(x), r, c, s)),
                     grad: grad.map(|g| StridedMut::new(T::any_mut(g), r, c, s)),

@@ -73,6 +73,7 @@ impl Pass {
     pub fn target(self) -> Option<f64> {
         match self {
             Pass::Forward | Pass::CrossEntropyLoss => None,
+            Pass::CrossEntropyGrad | Pass::CrossEntropyGradInPlace => Some(0.9),
             _ => Some(0.8),
         }
     }
