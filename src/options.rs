@@ -1,11 +1,13 @@
 //! The options value and its operations.
 
 use crate::batch::{self, Parallelism};
+use crate::dispatch;
 use crate::rows::{output_len, same_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut};
 use rayon::ThreadPool;
 use softmax_kernels::{
-    AnySliceMut, Forward, LogSumExp, Method, Output, Strided, StridedMut, Temperature,
+    AnySlice, AnySliceMut, Forward, LogSumExp, Method, Output, ShortSoftmax, Strided, StridedMut,
+    Temperature, SHORT_ROW_VECTORS,
 };
 use std::sync::Arc;
 
@@ -150,6 +152,25 @@ impl Softmax {
         batch::run(job, cols, self.isa, &self.parallelism);
     }
 
+    /// Whether a softmax row of `n` elements may take [`ShortSoftmax`] (f32 in and out).
+    fn short_row(&self, output: Output, n: usize) -> bool {
+        output == Output::Softmax
+            && n <= SHORT_ROW_VECTORS * self.isa.lanes()
+            && self.algorithm.method(n) == Method::ThreePass
+    }
+
+    /// Runs a short f32 softmax row on its own path; `false` where it needs
+    /// the general one (another type, or a row under the special-value rules).
+    fn short_softmax(&self, x: Option<AnySlice<'_>>, y: AnySliceMut<'_>) -> bool {
+        let (x, y) = match (x, y) {
+            (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => (Some(x), y),
+            (None, AnySliceMut::F32(y)) => (None, y),
+            _ => return false,
+        };
+        let temperature = self.temperature;
+        dispatch::run(self.isa, ShortSoftmax { temperature, x, y }, &mut [])
+    }
+
     fn forward_row<I: Element, O: Element>(
         &self,
         output: Output,
@@ -158,6 +179,9 @@ impl Softmax {
     ) -> Result<(), Error> {
         same_len(x.len(), y.len())?;
         let n = x.len();
+        if self.short_row(output, n) && self.short_softmax(Some(I::any(x)), O::any_mut(y)) {
+            return Ok(());
+        }
         let x = Strided::new(I::any(x), 1, n, n);
         let y = StridedMut::new(O::any_mut(y), 1, n, n);
         self.forward(output, Some(x), y);
@@ -166,6 +190,9 @@ impl Softmax {
 
     fn forward_row_in_place<T: Element>(&self, output: Output, x: &mut [T]) -> Result<(), Error> {
         let n = x.len();
+        if self.short_row(output, n) && self.short_softmax(None, T::any_mut(x)) {
+            return Ok(());
+        }
         self.forward(output, None, StridedMut::new(T::any_mut(x), 1, n, n));
         Ok(())
     }

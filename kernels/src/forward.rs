@@ -18,7 +18,7 @@
 use crate::arch::Arch;
 use crate::exp::CUTOFF;
 use crate::exp_sum::{ExpSum, ExpSumBelowMax};
-use crate::loops::{read, run, write, Io, Stage};
+use crate::loops::{read, run, write, Io, Resident, Stage};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
@@ -333,6 +333,103 @@ pub(crate) fn stored_floor(max: f32, min: f32, inv_t: f32, sum: f64) -> (f32, bo
     )
 }
 
+/// The three-pass softmax of a short f32 row (out of place from an f32 row,
+/// or in place), held in registers: the passes of [`forward_row`] with the
+/// same arithmetic, without a read or a call per pass. `None`, with `y`
+/// untouched, for a row of another kind or length, or one that follows the
+/// special-value rules.
+#[inline(always)]
+fn short_softmax<A: Arch>(
+    arch: A,
+    x: Option<AnySlice<'_>>,
+    y: &mut AnySliceMut<'_>,
+    inv_t: f32,
+) -> Option<()> {
+    let (x, y) = match (x, y) {
+        (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => (Some(x), y),
+        (None, AnySliceMut::F32(y)) => (None, y),
+        _ => return None,
+    };
+    if !Resident::<A>::fits(y.len()) {
+        return None;
+    }
+    let mut row = Resident::load(arch, x.unwrap_or(y));
+    let mut range = MinMax::new();
+    row.run(arch, &mut range);
+    let (max, min) = (range.max, range.min);
+    if !max.is_finite() {
+        return None;
+    }
+    // As in exp_pass: the cheapest exact z, and the underflow test where needed.
+    let flush = may_fall_below(max, min, inv_t, CUTOFF as f64);
+    let sum = with_shift_and_test!(AnyShift::new(max, min, inv_t), flush, z, TEST => {
+        let mut k = ExpSum::<_, TEST>::new(z);
+        row.run(arch, &mut k);
+        k.total
+    });
+    if sum.is_nan() {
+        return None;
+    }
+    let (floor, flush) = stored_floor(max, min, inv_t, sum);
+    let r = (1.0 / sum) as f32;
+    if flush {
+        row.run(arch, &mut Map(Scale::<true> { floor, r }));
+    } else {
+        row.run(arch, &mut Map(Scale::<false> { floor, r }));
+    }
+    row.store(arch, y);
+    Some(())
+}
+
+/// The three-pass softmax of a row through memory: max; exp stored (in `y`
+/// when it is f32, else in `exps`) while summed; the stored values scaled.
+#[inline(always)]
+fn three_pass_softmax<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    inv_t: f32,
+    x: Option<AnySlice<'_>>,
+    mut y: AnySliceMut<'_>,
+    exps: &mut [f32],
+) {
+    let (max, min) = row_range(arch, st, x.unwrap_or(y.shared()));
+    if !max.is_finite() {
+        let special = classify(arch, st, x.unwrap_or(y.shared()));
+        return write_special(arch, st, Output::Softmax, special, x, y);
+    }
+    // Where the exponentials wait for the sum: the output itself when it is f32.
+    let in_output = y.kind() == Kind::F32;
+    let n = y.len();
+    let sum = if in_output {
+        exp_sum(arch, st, Io::write(x, y.reborrow()), max, min, inv_t)
+    } else {
+        let e = AnySliceMut::F32(&mut exps[..n]);
+        exp_sum(
+            arch,
+            st,
+            Io::Map(x.unwrap_or(y.shared()), e),
+            max,
+            min,
+            inv_t,
+        )
+    };
+    if sum.is_nan() {
+        return write_special(arch, st, Output::Softmax, Special::Nan, x, y);
+    }
+    let (floor, flush) = stored_floor(max, min, inv_t, sum);
+    let r = (1.0 / sum) as f32;
+    // A match, not bool::then: a closure would be compiled outside the region.
+    let e = match in_output {
+        true => None,
+        false => Some(AnySlice::F32(&exps[..n])),
+    };
+    if flush {
+        write(arch, e, y, st, &mut Map(Scale::<true> { floor, r }))
+    } else {
+        write(arch, e, y, st, &mut Map(Scale::<false> { floor, r }))
+    }
+}
+
 /// Softmax or log-softmax of one row: out of place when `x` is given, else in
 /// place on `y`. A three-pass softmax into a row that is not f32 keeps its
 /// exponentials in `exps` (at least as long as the row): rounding them to
@@ -352,42 +449,10 @@ pub(crate) fn forward_row<A: Arch>(
     let inv_t = temperature.inv;
     let stats = match (output, method) {
         (Output::Softmax, Method::ThreePass) => {
-            let (max, min) = row_range(arch, st, x.unwrap_or(y.shared()));
-            if !max.is_finite() {
-                let special = classify(arch, st, x.unwrap_or(y.shared()));
-                return write_special(arch, st, output, special, x, y);
+            if let Some(done) = short_softmax(arch, x, &mut y, inv_t) {
+                return done;
             }
-            // Where the exponentials wait for the sum: the output itself when it is f32.
-            let in_output = y.kind() == Kind::F32;
-            let n = y.len();
-            let sum = if in_output {
-                exp_sum(arch, st, Io::write(x, y.reborrow()), max, min, inv_t)
-            } else {
-                let e = AnySliceMut::F32(&mut exps[..n]);
-                exp_sum(
-                    arch,
-                    st,
-                    Io::Map(x.unwrap_or(y.shared()), e),
-                    max,
-                    min,
-                    inv_t,
-                )
-            };
-            if sum.is_nan() {
-                return write_special(arch, st, output, Special::Nan, x, y);
-            }
-            let (floor, flush) = stored_floor(max, min, inv_t, sum);
-            let r = (1.0 / sum) as f32;
-            // A match, not bool::then: a closure would be compiled outside the region.
-            let e = match in_output {
-                true => None,
-                false => Some(AnySlice::F32(&exps[..n])),
-            };
-            return if flush {
-                write(arch, e, y, st, &mut Map(Scale::<true> { floor, r }))
-            } else {
-                write(arch, e, y, st, &mut Map(Scale::<false> { floor, r }))
-            };
+            return three_pass_softmax(arch, st, inv_t, x, y, exps);
         }
         _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t),
     };
@@ -548,6 +613,39 @@ impl Job for Forward<'_> {
     }
 }
 
+/// The softmax of one f32 row of at most [`SHORT_ROW_VECTORS`] vectors, in
+/// place when `x` is `None`: held in registers, with no per-row setup (a
+/// single call's cheapest path). Three-pass, with the same arithmetic as
+/// [`Forward`]. Outputs `false`, with `y` untouched, for a row that is longer
+/// or follows the special-value rules: then run it as a [`Forward`] job.
+pub struct ShortSoftmax<'a> {
+    pub temperature: Temperature,
+    pub x: Option<&'a [f32]>,
+    pub y: &'a mut [f32],
+}
+
+/// Vectors of f32 a [`ShortSoftmax`] row may span.
+pub const SHORT_ROW_VECTORS: usize = crate::loops::UNROLL;
+
+impl Job for ShortSoftmax<'_> {
+    type Output = bool;
+
+    fn scratch_len(&self) -> usize {
+        0
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(self, arch: A, _: &mut [f32]) -> bool {
+        let x = match self.x {
+            Some(x) if x.len() == self.y.len() => Some(AnySlice::F32(x)),
+            Some(_) => return false,
+            None => None,
+        };
+        let mut y = AnySliceMut::F32(self.y);
+        short_softmax(arch, x, &mut y, self.temperature.inv).is_some()
+    }
+}
+
 /// t · ln Σ exp(x/t) of each row into `out[i]`, rounded to `out`'s type.
 pub struct LogSumExp<'a> {
     pub method: Method,
@@ -606,4 +704,91 @@ impl Batch for LogSumExp<'_> {
         (half(xa, oa), half(xb, ob))
     }
     fn combine(_: (), _: ()) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Portable;
+
+    /// Rows of every length that fits: ordinary, shifted by a temperature,
+    /// wide enough to need the underflow test, and special (which the short
+    /// path leaves alone, untouched).
+    fn rows(n: usize) -> Vec<(f32, Vec<f32>)> {
+        let ramp = |scale: f32| {
+            (0..n)
+                .map(|i| ((i * 7919) % 23) as f32 * scale - 5.0)
+                .collect()
+        };
+        let mut special: Vec<f32> = ramp(1.0);
+        if n > 0 {
+            special[n / 2] = f32::INFINITY;
+        }
+        vec![
+            (1.0, ramp(1.0)),
+            (0.7, ramp(0.37)),
+            (1.0, ramp(9.0)),
+            (2.5, ramp(-4.0)),
+            (1.0, special),
+        ]
+    }
+
+    /// The short path gives the bits of the passes through memory, in place
+    /// and out of place, or declines and leaves the row as it was.
+    fn short_equals_memory<A: Arch>(arch: A) {
+        let max_len = crate::loops::UNROLL * (core::mem::size_of::<crate::arch::F32s<A>>() / 4);
+        for n in 0..=max_len {
+            for (t, x) in rows(n) {
+                let inv_t = Temperature::new(t).inv;
+                let mut memory = vec![f32::NAN; n];
+                let mut st = Stage::none();
+                let (xs, ys) = (AnySlice::F32(&x), AnySliceMut::F32(&mut memory));
+                three_pass_softmax(arch, &mut st, inv_t, Some(xs), ys, &mut []);
+                let mut short = vec![f32::NAN; n];
+                let done = short_softmax(arch, Some(xs), &mut AnySliceMut::F32(&mut short), inv_t);
+                let mut in_place = x.clone();
+                let done_in_place =
+                    short_softmax(arch, None, &mut AnySliceMut::F32(&mut in_place), inv_t);
+                assert_eq!(done.is_some(), done_in_place.is_some(), "n {n}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                if done.is_some() {
+                    assert_eq!(bits(&short), bits(&memory), "n {n} t {t} x {x:?}");
+                    assert_eq!(bits(&in_place), bits(&memory), "n {n} t {t} in place");
+                } else {
+                    assert!(short.iter().all(|v| v.is_nan()), "n {n}: written");
+                    assert_eq!(bits(&in_place), bits(&x), "n {n}: written in place");
+                }
+            }
+        }
+        let mut too_long = vec![0.0f32; max_len + 1];
+        let x = too_long.clone();
+        assert!(short_softmax(
+            arch,
+            Some(AnySlice::F32(&x)),
+            &mut AnySliceMut::F32(&mut too_long),
+            1.0
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn short_rows_match_the_passes_through_memory() {
+        short_equals_memory(Portable(pulp::Scalar::new()));
+        short_equals_memory(Portable(pulp::Scalar128b));
+        short_equals_memory(Portable(pulp::Scalar256b));
+        short_equals_memory(Portable(pulp::Scalar512b));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(arch) = crate::arch::Avx2::try_new() {
+                short_equals_memory(arch);
+            }
+            if let Some(arch) = crate::arch::Avx512::try_new() {
+                short_equals_memory(arch);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(arch) = crate::arch::Neon::try_new() {
+            short_equals_memory(arch);
+        }
+    }
 }

@@ -56,7 +56,7 @@ mod strided;
 
 pub use backward::{Backward, Jacobian};
 pub use cross_entropy::{CrossEntropy, Labels, LossOptions, RowTarget, Targets};
-pub use forward::{Forward, LogSumExp, ONLINE_BLOCK};
+pub use forward::{Forward, LogSumExp, ShortSoftmax, ONLINE_BLOCK, SHORT_ROW_VECTORS};
 pub use half;
 pub use pulp;
 pub use sample::{Draw, Drawn, Sample, SampleOptions, TokenLogprob, BLOCK as SAMPLE_BLOCK};

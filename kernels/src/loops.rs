@@ -649,6 +649,116 @@ impl<A: Arch> Store<A> for WithSide<'_, A> {
     }
 }
 
+/// A short f32 row held in vectors (registers, once inlined): up to
+/// [`UNROLL`] full vectors, or fewer and a partial tail. The passes run on it
+/// through the same loop as on a row in memory ([`Resident::run`]), so they
+/// add, round and flush exactly as they would there; the row is read once
+/// and written once, and no pass is a call of its own.
+pub(crate) struct Resident<A: Arch> {
+    full: [F32s<A>; UNROLL],
+    tail: F32s<A>,
+    /// Full vectors held (all UNROLL: one block, no tail).
+    n_full: usize,
+    n_tail: usize,
+}
+
+impl<A: Arch> Resident<A> {
+    /// Whether a row of `n` elements fits.
+    #[inline(always)]
+    pub(crate) fn fits(n: usize) -> bool {
+        n <= UNROLL * (core::mem::size_of::<F32s<A>>() / 4)
+    }
+
+    /// The row `x`, which must fit.
+    #[inline(always)]
+    pub(crate) fn load(arch: A, x: &[f32]) -> Self {
+        debug_assert!(Self::fits(x.len()));
+        let simd = arch.simd();
+        let (body, tail) = A::Simd::as_simd_f32s(x);
+        let zero = simd.splat_f32s(0.0);
+        let mut full = [zero; UNROLL];
+        // Constant indices once unrolled: the vectors stay in registers.
+        for (j, v) in full.iter_mut().enumerate() {
+            if j < body.len() {
+                *v = body[j];
+            }
+        }
+        let n_tail = tail.len();
+        let tail = if n_tail > 0 {
+            simd.partial_load_f32s(tail)
+        } else {
+            zero
+        };
+        Self {
+            full,
+            tail,
+            n_full: body.len(),
+            n_tail,
+        }
+    }
+
+    /// Writes the row into `y`, of the length it was loaded with.
+    #[inline(always)]
+    pub(crate) fn store(&self, arch: A, y: &mut [f32]) {
+        let (body, tail) = A::Simd::as_mut_simd_f32s(y);
+        assert!(body.len() == self.n_full && tail.len() == self.n_tail);
+        for (j, &v) in self.full.iter().enumerate() {
+            if j < body.len() {
+                body[j] = v;
+            }
+        }
+        if !tail.is_empty() {
+            arch.simd().partial_store_f32s(tail, self.tail);
+        }
+    }
+
+    /// Runs `kernel` over the row, keeping what it stores.
+    #[inline(always)]
+    pub(crate) fn run<K: Kernel<A::Simd>>(&mut self, arch: A, kernel: &mut K) {
+        drive(arch, kernel, self)
+    }
+}
+
+impl<A: Arch> Load<A> for &mut Resident<A> {
+    type In = F32s<A>;
+    #[inline(always)]
+    fn counts(&self) -> (usize, usize, usize) {
+        match self.n_full {
+            UNROLL => (1, 0, 0),
+            n => (0, n, self.n_tail),
+        }
+    }
+    #[inline(always)]
+    fn block(&self, _: A, _: usize) -> [F32s<A>; UNROLL] {
+        self.full
+    }
+    #[inline(always)]
+    fn vector(&self, _: A, j: usize) -> F32s<A> {
+        self.full[j]
+    }
+    #[inline(always)]
+    fn tail(&self, arch: A, fill: f32) -> F32s<A> {
+        let simd = arch.simd();
+        let valid = simd.mask_between_m32s(0, self.n_tail as u32).mask();
+        simd.select_f32s(valid, self.tail, simd.splat_f32s(fill))
+    }
+}
+
+impl<A: Arch> Store<A> for &mut Resident<A> {
+    #[inline(always)]
+    fn block(&mut self, _: A, _: usize, v: [F32s<A>; UNROLL]) {
+        self.full = v;
+    }
+    #[inline(always)]
+    fn vector(&mut self, _: A, j: usize, v: F32s<A>) {
+        self.full[j] = v;
+    }
+    #[inline(always)]
+    fn tail(&mut self, _: A, v: F32s<A>) {
+        self.tail = v;
+    }
+}
+
 /// One pass over one row (or chunk), run out of line in the token's region.
 struct Pass<'k, A, K, L> {
     arch: A,
