@@ -816,6 +816,7 @@ impl CrossEntropy<'_> {
     /// f16 or bf16 rows, and a row of f32 exponentials where
     /// [`stored_passes`] runs and cannot keep them in the gradient row (in
     /// place, or a gradient that is not f32).
+    #[inline(always)]
     fn scratch_parts(&self) -> (usize, usize) {
         let x = self.x.as_ref().map(|x| x.kind());
         let g = self.grad.as_ref().map(|g| g.kind());
