@@ -32,10 +32,10 @@
 use crate::arch::Arch;
 use crate::backward::Sum;
 use crate::exp::{exp_flushed_below, CUTOFF};
-use crate::exp_sum::{sum_lanes_f64, sums_lanes_into, ExpSum, SUM_FLUSH_STEPS};
+use crate::exp_sum::{sum_lanes_f64, sums_lanes_into, SUM_FLUSH_STEPS};
 use crate::forward::{
     classify, exp_pass, finite_or_nan, online_stats, row_range, softmax_cutoff, stored_floor,
-    ExpPass, Special, Stats, PEAKED,
+    ExpPass, Special, Stats, SumExp, PEAKED,
 };
 use crate::loops::{read, read_pair, run, run_pair, write, Io, Kernel, PairIo, Stage};
 use crate::output::{Fill, Map, ScaleOffset};
@@ -256,30 +256,11 @@ impl<S: Simd, Z: Shift, const FLUSH: bool> Kernel<S, (S::f32s, S::f32s)>
 
 /// The logits of a row: `x`, or (in place) the gradient row that still holds them.
 #[inline(always)]
-fn logits<'s>(x: &Option<AnySlice<'s>>, grad: &'s Option<AnySliceMut<'_>>) -> AnySlice<'s> {
+fn logits<'s>(x: &Option<AnySlice<'s>>, grad: Option<&'s AnySliceMut<'_>>) -> AnySlice<'s> {
     match (x, grad) {
         (Some(x), _) => *x,
         (None, Some(g)) => g.shared(),
         (None, None) => unreachable!("a cross-entropy row needs its logits"),
-    }
-}
-
-/// [`logits`] with the gradient row borrowed.
-#[inline(always)]
-fn logits_of<'s>(x: &Option<AnySlice<'s>>, grad: &'s Option<&mut AnySliceMut<'_>>) -> AnySlice<'s> {
-    match (x, grad) {
-        (Some(x), _) => *x,
-        (None, Some(g)) => g.shared(),
-        (None, None) => unreachable!("a cross-entropy row needs its logits"),
-    }
-}
-
-/// [`logits`] of a row with a gradient.
-#[inline(always)]
-fn logits_in<'s>(x: &Option<AnySlice<'s>>, grad: &'s AnySliceMut<'_>) -> AnySlice<'s> {
-    match x {
-        Some(x) => *x,
-        None => grad.shared(),
     }
 }
 
@@ -298,7 +279,7 @@ pub(crate) fn cross_entropy_row<A: Arch>(
     mut grad: Option<AnySliceMut<'_>>,
     exps: &mut [f32],
 ) -> f64 {
-    let k = logits(&x, &grad).len();
+    let k = logits(&x, grad.as_ref()).len();
     let eps = options.smoothing as f64;
     let per_class = if k > 0 { eps / k as f64 } else { 0.0 };
     let c = match target {
@@ -389,13 +370,13 @@ fn online_passes<A: Arch>(
     x: Option<AnySlice<'_>>,
     mut grad: Option<&mut AnySliceMut<'_>>,
 ) -> Result<Row, Special> {
-    let stats = online_stats(arch, st, logits_of(&x, &grad), inv_t);
+    let stats = online_stats(arch, st, logits(&x, grad.as_deref()), inv_t);
     let (max, min, ln_sum) = match stats {
         Stats::Finite { max, min, ln_sum } => (max, min, ln_sum),
         Stats::Special(special) => return Err(special),
     };
     // Read before the gradient pass, which may overwrite it.
-    let x_label = c.label.map(|j| logits_of(&x, &grad).get(j));
+    let x_label = c.label.map(|j| logits(&x, grad.as_deref()).get(j));
     let has_terms = c.base != 0.0 || c.side.is_some();
     let mut terms = 0.0;
     if grad.is_some() || has_terms {
@@ -441,11 +422,11 @@ fn stored_passes<A: Arch>(
     grad: &mut AnySliceMut<'_>,
     exps: &mut [f32],
 ) -> Result<Row, Special> {
-    let (max, min) = row_range(arch, st, logits_in(&x, grad));
+    let (max, min) = row_range(arch, st, logits(&x, Some(grad)));
     if !max.is_finite() {
-        return Err(classify(arch, st, logits_in(&x, grad)));
+        return Err(classify(arch, st, logits(&x, Some(grad))));
     }
-    let x_label = c.label.map(|j| logits_in(&x, grad).get(j));
+    let x_label = c.label.map(|j| logits(&x, Some(grad)).get(j));
     let n = grad.len();
     let sum_terms = c.base != 0.0;
     let range = (max, min, inv_t);
@@ -460,7 +441,7 @@ fn stored_passes<A: Arch>(
     let ((sum, scaled), e) = match in_grad {
         Some(sums) => (sums, None),
         None => {
-            let io = Io::Map(logits_in(&x, grad), AnySliceMut::F32(&mut exps[..n]));
+            let io = Io::Map(logits(&x, Some(grad)), AnySliceMut::F32(&mut exps[..n]));
             let pass = StoreExp { io, max, sum_terms };
             (
                 exp_pass(arch, st, range, pass),
@@ -468,7 +449,7 @@ fn stored_passes<A: Arch>(
             )
         }
     };
-    let ln_sum = match finite_or_nan(arch, st, logits_in(&x, grad), range, sum) {
+    let ln_sum = match finite_or_nan(arch, st, logits(&x, Some(grad)), range, sum) {
         Stats::Finite { ln_sum, .. } => ln_sum,
         Stats::Special(special) => return Err(special),
     };
@@ -537,9 +518,7 @@ impl ExpPass for StoreExp<'_> {
             run(arch, self.io, st, &mut k);
             (k.total, k.terms)
         } else {
-            let mut k = ExpSum::<Z, FLUSH>::new(z);
-            run(arch, self.io, st, &mut k);
-            (k.total, 0.0)
+            (SumExp(self.io).pass::<A, Z, FLUSH>(arch, st, z), 0.0)
         }
     }
 }
@@ -666,8 +645,8 @@ fn special_row(
     mut grad: Option<AnySliceMut<'_>>,
 ) -> f64 {
     let mut loss = 0.0;
-    for j in 0..logits(&x, &grad).len() {
-        let xj = logits(&x, &grad).get(j);
+    for j in 0..logits(&x, grad.as_ref()).len() {
+        let xj = logits(&x, grad.as_ref()).get(j);
         let (p, log_p) = match special {
             Special::Nan => (f64::NAN, f64::NAN),
             Special::Masked => (0.0, f64::NEG_INFINITY),

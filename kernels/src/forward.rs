@@ -115,7 +115,7 @@ pub(crate) fn exp_pass<A: Arch, P: ExpPass>(
 }
 
 /// Σ e^z over a row, storing the terms if the [`Io`] writes.
-struct SumExp<'a>(Io<'a>);
+pub(crate) struct SumExp<'a>(pub(crate) Io<'a>);
 
 impl ExpPass for SumExp<'_> {
     type Output = f64;
