@@ -30,10 +30,24 @@ impl<Z: Shift, const FLUSH: bool> ExpSum<Z, FLUSH> {
     }
 }
 
-/// Adds the lanes of `v` in f64.
+/// Adds the lanes of `v` in f64, as a balanced tree (lane j with lane j + n/2,
+/// and so on down): log2(n) dependent adds where a sum in lane order takes n - 1.
 #[inline(always)]
 pub(crate) fn sum_lanes_f64<S: Simd>(v: &S::f32s) -> f64 {
-    lanes::<S>(v).iter().map(|&l| l as f64).sum()
+    let lanes = lanes::<S>(v);
+    let mut wide = [0.0f64; 16];
+    for (w, &l) in wide.iter_mut().zip(lanes) {
+        *w = l as f64;
+    }
+    let mut width = lanes.len();
+    while width > 1 {
+        let half = width / 2;
+        for j in 0..half {
+            wide[j] += wide[j + half];
+        }
+        width = half;
+    }
+    wide[0]
 }
 
 /// Terms each f32 lane of a sum takes before the f64 total takes the lanes.

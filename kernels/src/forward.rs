@@ -430,6 +430,65 @@ fn three_pass_softmax<A: Arch>(
     }
 }
 
+/// The three-pass softmax of each row. An f32 row (out of place from an f32
+/// row, or in place) is matched here, once, and goes to the passes as its
+/// slice, kept in registers rather than as a view in memory.
+#[inline(always)]
+fn softmax_rows<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    temperature: Temperature,
+    x: Option<Strided<'_>>,
+    mut y: StridedMut<'_>,
+    exps: &mut [f32],
+) {
+    let inv_t = temperature.inv;
+    for i in 0..y.rows() {
+        // A match, not Option::map: a closure would be compiled outside the
+        // target-feature region.
+        #[allow(clippy::manual_map)]
+        let xi = match &x {
+            Some(x) => Some(x.row(i)),
+            None => None,
+        };
+        match (xi, y.row_mut(i)) {
+            (Some(AnySlice::F32(xi)), AnySliceMut::F32(yi)) => {
+                softmax_f32(arch, inv_t, Some(AnySlice::F32(xi)), yi)
+            }
+            (None, AnySliceMut::F32(yi)) => softmax_f32(arch, inv_t, None, yi),
+            (xi, yi) => softmax_any(arch, st, inv_t, xi, yi, exps),
+        }
+    }
+}
+
+/// The three-pass softmax of an f32 row (`x` is f32 or `None`: in place).
+#[inline(always)]
+fn softmax_f32<A: Arch>(arch: A, inv_t: f32, x: Option<AnySlice<'_>>, y: &mut [f32]) {
+    softmax_any(
+        arch,
+        &mut Stage::none(),
+        inv_t,
+        x,
+        AnySliceMut::F32(y),
+        &mut [],
+    )
+}
+
+/// The three-pass softmax of a row of any kinds.
+#[inline(always)]
+fn softmax_any<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    inv_t: f32,
+    x: Option<AnySlice<'_>>,
+    mut y: AnySliceMut<'_>,
+    exps: &mut [f32],
+) {
+    if short_softmax(arch, x, &mut y, inv_t).is_none() {
+        three_pass_softmax(arch, st, inv_t, x, y, exps)
+    }
+}
+
 /// Softmax or log-softmax of one row: out of place when `x` is given, else in
 /// place on `y`. A three-pass softmax into a row that is not f32 keeps its
 /// exponentials in `exps` (at least as long as the row): rounding them to
@@ -597,6 +656,9 @@ impl Job for Forward<'_> {
         let (stage, rest) = scratch.split_at_mut(stage_len);
         let (space, exps) = rest.split_at_mut(widened_len);
         let mut stage = Stage::new(stage);
+        if output == Output::Softmax && method == Method::ThreePass && widened_len == 0 {
+            return softmax_rows(arch, &mut stage, temperature, x, y, exps);
+        }
         for i in 0..y.rows() {
             let yi = y.row_mut(i);
             // A match, not Option::map: a closure would be compiled outside the

@@ -416,7 +416,8 @@ trait Load<A: Arch> {
     type In: Copy;
     /// (blocks, rest, tail length) of the row.
     fn counts(&self) -> (usize, usize, usize);
-    fn block(&self, arch: A, i: usize) -> [Self::In; UNROLL];
+    /// Vector j of block i.
+    fn block(&self, arch: A, i: usize, j: usize) -> Self::In;
     fn vector(&self, arch: A, j: usize) -> Self::In;
     /// The tail's lanes, with `fill` in the lanes past the row.
     fn tail(&self, arch: A, fill: f32) -> Self::In;
@@ -424,7 +425,8 @@ trait Load<A: Arch> {
 
 /// Where a pass's values go.
 trait Store<A: Arch> {
-    fn block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]);
+    /// Vector j of block i.
+    fn block(&mut self, arch: A, i: usize, j: usize, v: F32s<A>);
     fn vector(&mut self, arch: A, j: usize, v: F32s<A>);
     fn tail(&mut self, arch: A, v: F32s<A>);
 }
@@ -483,8 +485,8 @@ impl<A: Arch> Load<A> for Row<'_, A> {
         (self.0.blocks.len(), self.0.rest.len(), self.0.tail.len())
     }
     #[inline(always)]
-    fn block(&self, _: A, i: usize) -> [F32s<A>; UNROLL] {
-        self.0.blocks[i]
+    fn block(&self, _: A, i: usize, j: usize) -> F32s<A> {
+        self.0.blocks[i][j]
     }
     #[inline(always)]
     fn vector(&self, _: A, j: usize) -> F32s<A> {
@@ -503,8 +505,8 @@ impl<A: Arch> Load<A> for RowMut<'_, A> {
         (self.blocks.len(), self.rest.len(), self.tail.len())
     }
     #[inline(always)]
-    fn block(&self, _: A, i: usize) -> [F32s<A>; UNROLL] {
-        self.blocks[i]
+    fn block(&self, _: A, i: usize, j: usize) -> F32s<A> {
+        self.blocks[i][j]
     }
     #[inline(always)]
     fn vector(&self, _: A, j: usize) -> F32s<A> {
@@ -518,8 +520,8 @@ impl<A: Arch> Load<A> for RowMut<'_, A> {
 
 impl<A: Arch> Store<A> for RowMut<'_, A> {
     #[inline(always)]
-    fn block(&mut self, _: A, i: usize, v: [F32s<A>; UNROLL]) {
-        self.blocks[i] = v;
+    fn block(&mut self, _: A, i: usize, j: usize, v: F32s<A>) {
+        self.blocks[i][j] = v;
     }
     #[inline(always)]
     fn vector(&mut self, _: A, j: usize, v: F32s<A>) {
@@ -536,7 +538,7 @@ struct NoStore;
 
 impl<A: Arch> Store<A> for NoStore {
     #[inline(always)]
-    fn block(&mut self, _: A, _: usize, _: [F32s<A>; UNROLL]) {}
+    fn block(&mut self, _: A, _: usize, _: usize, _: F32s<A>) {}
     #[inline(always)]
     fn vector(&mut self, _: A, _: usize, _: F32s<A>) {}
     #[inline(always)]
@@ -546,12 +548,6 @@ impl<A: Arch> Store<A> for NoStore {
 /// Two rows of equal length read in step: (main, side).
 struct Pair<M, S>(M, S);
 
-/// Pairs of vectors from two blocks.
-#[inline(always)]
-fn zip<V: Copy>(a: [V; UNROLL], b: [V; UNROLL]) -> [(V, V); UNROLL] {
-    core::array::from_fn(|j| (a[j], b[j]))
-}
-
 impl<A: Arch, M: Load<A, In = F32s<A>>, S: Load<A, In = F32s<A>>> Load<A> for Pair<M, S> {
     type In = (F32s<A>, F32s<A>);
     #[inline(always)]
@@ -559,8 +555,8 @@ impl<A: Arch, M: Load<A, In = F32s<A>>, S: Load<A, In = F32s<A>>> Load<A> for Pa
         self.0.counts()
     }
     #[inline(always)]
-    fn block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
-        zip(self.0.block(arch, i), self.1.block(arch, i))
+    fn block(&self, arch: A, i: usize, j: usize) -> Self::In {
+        (self.0.block(arch, i, j), self.1.block(arch, i, j))
     }
     #[inline(always)]
     fn vector(&self, arch: A, j: usize) -> Self::In {
@@ -582,8 +578,8 @@ impl<A: Arch, L: Load<A>, W> Load<A> for Split<L, W> {
         self.0.counts()
     }
     #[inline(always)]
-    fn block(&self, arch: A, i: usize) -> [L::In; UNROLL] {
-        self.0.block(arch, i)
+    fn block(&self, arch: A, i: usize, j: usize) -> L::In {
+        self.0.block(arch, i, j)
     }
     #[inline(always)]
     fn vector(&self, arch: A, j: usize) -> L::In {
@@ -597,8 +593,8 @@ impl<A: Arch, L: Load<A>, W> Load<A> for Split<L, W> {
 
 impl<A: Arch, L, W: Store<A>> Store<A> for Split<L, W> {
     #[inline(always)]
-    fn block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
-        self.1.block(arch, i, v)
+    fn block(&mut self, arch: A, i: usize, j: usize, v: F32s<A>) {
+        self.1.block(arch, i, j, v)
     }
     #[inline(always)]
     fn vector(&mut self, arch: A, j: usize, v: F32s<A>) {
@@ -621,8 +617,8 @@ impl<A: Arch> Load<A> for WithSide<'_, A> {
         Load::counts(&self.0)
     }
     #[inline(always)]
-    fn block(&self, arch: A, i: usize) -> [Self::In; UNROLL] {
-        zip(Load::block(&self.0, arch, i), self.1.block(arch, i))
+    fn block(&self, arch: A, i: usize, j: usize) -> Self::In {
+        (Load::block(&self.0, arch, i, j), self.1.block(arch, i, j))
     }
     #[inline(always)]
     fn vector(&self, arch: A, j: usize) -> Self::In {
@@ -636,8 +632,8 @@ impl<A: Arch> Load<A> for WithSide<'_, A> {
 
 impl<A: Arch> Store<A> for WithSide<'_, A> {
     #[inline(always)]
-    fn block(&mut self, arch: A, i: usize, v: [F32s<A>; UNROLL]) {
-        Store::block(&mut self.0, arch, i, v)
+    fn block(&mut self, arch: A, i: usize, j: usize, v: F32s<A>) {
+        Store::block(&mut self.0, arch, i, j, v)
     }
     #[inline(always)]
     fn vector(&mut self, arch: A, j: usize, v: F32s<A>) {
@@ -729,8 +725,8 @@ impl<A: Arch> Load<A> for &mut Resident<A> {
         }
     }
     #[inline(always)]
-    fn block(&self, _: A, _: usize) -> [F32s<A>; UNROLL] {
-        self.full
+    fn block(&self, _: A, _: usize, j: usize) -> F32s<A> {
+        self.full[j]
     }
     #[inline(always)]
     fn vector(&self, _: A, j: usize) -> F32s<A> {
@@ -746,8 +742,8 @@ impl<A: Arch> Load<A> for &mut Resident<A> {
 
 impl<A: Arch> Store<A> for &mut Resident<A> {
     #[inline(always)]
-    fn block(&mut self, _: A, _: usize, v: [F32s<A>; UNROLL]) {
-        self.full = v;
+    fn block(&mut self, _: A, _: usize, j: usize, v: F32s<A>) {
+        self.full[j] = v;
     }
     #[inline(always)]
     fn vector(&mut self, _: A, j: usize, v: F32s<A>) {
@@ -807,12 +803,12 @@ where
     let (blocks, rest, tail_len) = Load::counts(&lanes);
     let mut since_flush = 0usize;
     for i in 0..blocks {
-        let x = Load::block(&lanes, arch, i);
-        let mut y = [simd.splat_f32s(0.0); UNROLL];
-        for j in 0..UNROLL {
-            (acc[j], y[j]) = kernel.step(simd, acc[j], x[j]);
+        // Each vector loaded, stepped and stored in turn: fewer values live at once.
+        for (j, a) in acc.iter_mut().enumerate() {
+            let y;
+            (*a, y) = kernel.step(simd, *a, Load::block(&lanes, arch, i, j));
+            Store::block(&mut lanes, arch, i, j, y);
         }
-        Store::block(&mut lanes, arch, i, y);
         since_flush += 1;
         if since_flush == K::FLUSH_STEPS {
             since_flush = 0;
