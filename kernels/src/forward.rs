@@ -474,7 +474,8 @@ fn softmax_f32<A: Arch>(arch: A, inv_t: f32, x: Option<AnySlice<'_>>, y: &mut [f
     )
 }
 
-/// The three-pass softmax of a row of any kinds.
+/// The three-pass softmax of a row of any kinds: in registers when it is short
+/// enough, else through memory.
 #[inline(always)]
 fn softmax_any<A: Arch>(
     arch: A,
@@ -502,17 +503,12 @@ pub(crate) fn forward_row<A: Arch>(
     method: Method,
     temperature: Temperature,
     x: Option<AnySlice<'_>>,
-    mut y: AnySliceMut<'_>,
+    y: AnySliceMut<'_>,
     exps: &mut [f32],
 ) {
     let inv_t = temperature.inv;
     let stats = match (output, method) {
-        (Output::Softmax, Method::ThreePass) => {
-            if let Some(done) = short_softmax(arch, x, &mut y, inv_t) {
-                return done;
-            }
-            return three_pass_softmax(arch, st, inv_t, x, y, exps);
-        }
+        (Output::Softmax, Method::ThreePass) => return softmax_any(arch, st, inv_t, x, y, exps),
         _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t),
     };
     match stats {
