@@ -35,6 +35,11 @@ pub trait Arch: Copy + Send + Sync + 'static {
     /// As many 16-bit values as an f32 vector has lanes (`[u16; LANES]`).
     type Halfs: pulp::bytemuck::Pod + Send + Sync;
     fn simd(self) -> Self::Simd;
+    /// Whether a job with this token runs inside its region
+    /// ([`crate::run_in_region`]: the hardware tokens), so that a pass may be
+    /// compiled into the job's own code rather than called; the portable
+    /// tokens' jobs run outside one, and their passes take [`Arch::region`].
+    const JOBS_IN_REGION: bool;
     /// Runs `body` in a function compiled with this token's target features
     /// and kept out of line: one per pass body, shared by every caller, so each
     /// loop is compiled once however many places run it.
@@ -113,6 +118,7 @@ impl<S: PortableToken + Copy> Portable<S> {
 impl<S: PortableToken + Copy> Arch for Portable<S> {
     type Simd = S;
     type Halfs = S::Halfs;
+    const JOBS_IN_REGION: bool = false;
     #[inline(always)]
     fn simd(self) -> S {
         self.0
@@ -206,6 +212,7 @@ macro_rules! token {
 /// The region of a token built by [`token!`].
 macro_rules! region {
     () => {
+        const JOBS_IN_REGION: bool = true;
         #[inline(always)]
         fn region<B: super::Body>(self, body: B) -> B::Output {
             self.enter(body)

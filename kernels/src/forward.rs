@@ -18,7 +18,7 @@
 use crate::arch::Arch;
 use crate::exp::CUTOFF;
 use crate::exp_sum::{ExpSum, ExpSumBelowMax};
-use crate::loops::{read, run, write, Io, Resident, Stage};
+use crate::loops::{read, run, run_short, write, Io, Resident, Stage};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
@@ -57,6 +57,14 @@ pub(crate) enum Stats {
 pub(crate) fn row_range<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32) {
     let mut k = MinMax::new();
     read(arch, x, st, &mut k);
+    (k.max, k.min)
+}
+
+/// [`row_range`], compiled into the caller for a short f32 row ([`run_short`]).
+#[inline(always)]
+fn row_range_short<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f32, f32) {
+    let mut k = MinMax::new();
+    run_short(arch, Io::Read(x), st, &mut k);
     (k.max, k.min)
 }
 
@@ -158,6 +166,36 @@ fn exp_sum<A: Arch>(
     exp_pass(arch, st, (max, min, inv_t), SumExp(io))
 }
 
+/// [`exp_sum`] for the rows of a forward job: the common row (no z below the
+/// exp cutoff, z = x - max or (x - max)/t) runs its loop compiled into the
+/// caller when it is a short f32 row ([`run_short`]); every other row, and
+/// every other form of z, runs as in [`exp_sum`]. The same arithmetic either
+/// way, so the same bits.
+#[inline(always)]
+fn exp_sum_short<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    io: Io<'_>,
+    (max, min, inv_t): (f32, f32, f32),
+) -> f64 {
+    if may_fall_below(max, min, inv_t, CUTOFF as f64) {
+        return exp_sum(arch, st, io, max, min, inv_t);
+    }
+    match AnyShift::new(max, min, inv_t) {
+        AnyShift::Unit(z) => exp_sum_with::<A, _>(arch, st, io, z),
+        AnyShift::Scaled(z) => exp_sum_with::<A, _>(arch, st, io, z),
+        AnyShift::Wide(_) => exp_sum(arch, st, io, max, min, inv_t),
+    }
+}
+
+/// Σ e^z, z never below the exp cutoff, through [`run_short`].
+#[inline(always)]
+fn exp_sum_with<A: Arch, Z: Shift>(arch: A, st: &mut Stage<'_>, io: Io<'_>, z: Z) -> f64 {
+    let mut k = ExpSum::<Z, false>::new(z);
+    run_short(arch, io, st, &mut k);
+    k.total
+}
+
 /// Classifies a row whose max is not finite (or a block that is all -inf).
 #[inline(always)]
 pub(crate) fn classify<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> Special {
@@ -215,11 +253,11 @@ fn ln_sum_peaked<A: Arch>(
 
 #[inline(always)]
 fn three_pass_stats<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> Stats {
-    let (max, min) = row_range(arch, st, x);
+    let (max, min) = row_range_short(arch, st, x);
     if !max.is_finite() {
         return Stats::Special(classify(arch, st, x));
     }
-    let sum = exp_sum(arch, st, Io::Read(x), max, min, inv_t);
+    let sum = exp_sum_short(arch, st, Io::Read(x), (max, min, inv_t));
     finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
@@ -383,6 +421,7 @@ fn short_softmax<A: Arch>(
 
 /// The three-pass softmax of a row through memory: max; exp stored (in `y`
 /// when it is f32, else in `exps`) while summed; the stored values scaled.
+/// A short f32 row runs its passes compiled into the caller ([`run_short`]).
 #[inline(always)]
 fn three_pass_softmax<A: Arch>(
     arch: A,
@@ -392,7 +431,7 @@ fn three_pass_softmax<A: Arch>(
     mut y: AnySliceMut<'_>,
     exps: &mut [f32],
 ) {
-    let (max, min) = row_range(arch, st, x.unwrap_or(y.shared()));
+    let (max, min) = row_range_short(arch, st, x.unwrap_or(y.shared()));
     if !max.is_finite() {
         let special = classify(arch, st, x.unwrap_or(y.shared()));
         return write_special(arch, st, Output::Softmax, special, x, y);
@@ -400,33 +439,25 @@ fn three_pass_softmax<A: Arch>(
     // Where the exponentials wait for the sum: the output itself when it is f32.
     let in_output = y.kind() == Kind::F32;
     let n = y.len();
-    let sum = if in_output {
-        exp_sum(arch, st, Io::write(x, y.reborrow()), max, min, inv_t)
-    } else {
-        let e = AnySliceMut::F32(&mut exps[..n]);
-        exp_sum(
-            arch,
-            st,
-            Io::Map(x.unwrap_or(y.shared()), e),
-            max,
-            min,
-            inv_t,
-        )
+    let io = match in_output {
+        true => Io::write(x, y.reborrow()),
+        false => Io::Map(x.unwrap_or(y.shared()), AnySliceMut::F32(&mut exps[..n])),
     };
+    let sum = exp_sum_short(arch, st, io, (max, min, inv_t));
     if sum.is_nan() {
         return write_special(arch, st, Output::Softmax, Special::Nan, x, y);
     }
     let (floor, flush) = stored_floor(max, min, inv_t, sum);
     let r = (1.0 / sum) as f32;
     // A match, not bool::then: a closure would be compiled outside the region.
-    let e = match in_output {
-        true => None,
-        false => Some(AnySlice::F32(&exps[..n])),
+    let io = match in_output {
+        true => Io::InPlace(y),
+        false => Io::Map(AnySlice::F32(&exps[..n]), y),
     };
     if flush {
-        write(arch, e, y, st, &mut Map(Scale::<true> { floor, r }))
+        run_short(arch, io, st, &mut Map(Scale::<true> { floor, r }))
     } else {
-        write(arch, e, y, st, &mut Map(Scale::<false> { floor, r }))
+        run_short(arch, io, st, &mut Map(Scale::<false> { floor, r }))
     }
 }
 
@@ -538,7 +569,7 @@ pub(crate) fn forward_row<A: Arch>(
                         shift: z,
                         ln_sum: ln_sum as f32,
                     };
-                    write(arch, x, y, st, &mut Map(map))
+                    run_short(arch, Io::write(x, y), st, &mut Map(map))
                 }),
             }
         }

@@ -169,6 +169,46 @@ pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
     }
 }
 
+/// f32 rows up to this many elements may run a pass compiled into the
+/// caller ([`run_short`]).
+pub(crate) const SHORT_ROW: usize = 512;
+
+/// Whether a pass over an f32 row of `n` elements runs compiled into its
+/// caller (see [`run_short`]).
+#[inline(always)]
+fn runs_here<A: Arch>(n: usize) -> bool {
+    A::JOBS_IN_REGION && n <= SHORT_ROW
+}
+
+/// [`run`], with the loop compiled into the caller when the rows are f32 and
+/// at most [`SHORT_ROW`] long and `A`'s jobs run inside its region
+/// ([`Arch::JOBS_IN_REGION`]): a short row's passes then cost no call,
+/// argument block or register saves, which on rows of a few hundred
+/// elements weigh as much as the arithmetic. Longer rows keep the pass's
+/// own region, where its loop has every register to itself.
+#[inline(always)]
+pub(crate) fn run_short<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    io: Io<'_>,
+    stage: &mut Stage<'_>,
+    kernel: &mut K,
+) {
+    match io {
+        Io::Read(AnySlice::F32(x)) if runs_here::<A>(x.len()) => {
+            drive(arch, kernel, Split(Row::new(x), NoStore))
+        }
+        Io::Map(AnySlice::F32(x), AnySliceMut::F32(y)) if runs_here::<A>(y.len()) => {
+            assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
+            let w = RowMut::new(y);
+            drive(arch, kernel, Split(Row::new(x).fit(&w), w))
+        }
+        Io::InPlace(AnySliceMut::F32(y)) if runs_here::<A>(y.len()) => {
+            drive(arch, kernel, RowMut::new(y))
+        }
+        io => run(arch, io, stage, kernel),
+    }
+}
+
 /// Runs a reduction `kernel` over `x`: straight through an f32 row, a
 /// chunk at a time through the stage for f16 and bf16.
 #[inline(always)]
