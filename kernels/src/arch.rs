@@ -44,6 +44,10 @@ pub trait Arch: Copy + Send + Sync + 'static {
     /// and kept out of line: one per pass body, shared by every caller, so each
     /// loop is compiled once however many places run it.
     fn region<B: Body>(self, body: B) -> B::Output;
+    /// Asks the memory system for the cache line holding `p`, which a pass
+    /// will read soon. A hint: it reads nothing into the program and never
+    /// faults, whatever the address.
+    fn prefetch(self, p: *const f32);
     fn f16_to_f32(self, h: Self::Halfs) -> F32s<Self>;
     fn f32_to_f16(self, v: F32s<Self>) -> Self::Halfs;
     fn bf16_to_f32(self, h: Self::Halfs) -> F32s<Self>;
@@ -127,6 +131,8 @@ impl<S: PortableToken + Copy> Arch for Portable<S> {
     fn region<B: Body>(self, body: B) -> B::Output {
         S::region(body)
     }
+    #[inline(always)]
+    fn prefetch(self, _: *const f32) {}
     #[inline(always)]
     fn f16_to_f32(self, h: S::Halfs) -> S::f32s {
         self.widen(h, |b| f16::from_bits(b).to_f32())
@@ -270,6 +276,12 @@ mod x86 {
         }
         region!();
         #[inline(always)]
+        fn prefetch(self, p: *const f32) {
+            // SAFETY: SSE (prefetcht0) is part of every x86-64 CPU, and a
+            // prefetch neither reads into the program nor faults on any address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+        }
+        #[inline(always)]
         fn f16_to_f32(self, h: [u16; 8]) -> pulp::f32x8 {
             // SAFETY: building `Avx2` checked F16C; the transmutes are between
             // plain vectors of equal size.
@@ -328,6 +340,12 @@ mod x86 {
             self.simd
         }
         region!();
+        #[inline(always)]
+        fn prefetch(self, p: *const f32) {
+            // SAFETY: SSE (prefetcht0) is part of every x86-64 CPU, and a
+            // prefetch neither reads into the program nor faults on any address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+        }
         #[inline(always)]
         fn f16_to_f32(self, h: [u16; 16]) -> pulp::f32x16 {
             // SAFETY: `V4` proves AVX-512F; plain transmutes of equal size.
@@ -402,6 +420,14 @@ mod arm {
             self.simd
         }
         region!();
+        #[inline(always)]
+        fn prefetch(self, p: *const f32) {
+            // SAFETY: prfm is a hint of base ARMv8: it reads nothing into the
+            // program, never faults, and touches only the named register.
+            unsafe {
+                asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, preserves_flags))
+            }
+        }
         #[inline(always)]
         fn f16_to_f32(self, h: [u16; 4]) -> pulp::f32x4 {
             let out: float32x4_t;

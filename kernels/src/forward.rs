@@ -18,7 +18,7 @@
 use crate::arch::Arch;
 use crate::exp::CUTOFF;
 use crate::exp_sum::{ExpSum, ExpSumBelowMax};
-use crate::loops::{read, run, run_short, write, Io, Resident, Stage};
+use crate::loops::{read, run, run_short, run_short_ahead, write, Io, NextRow, Resident, Stage};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
@@ -177,22 +177,29 @@ fn exp_sum_short<A: Arch>(
     st: &mut Stage<'_>,
     io: Io<'_>,
     (max, min, inv_t): (f32, f32, f32),
+    next: NextRow,
 ) -> f64 {
     if may_fall_below(max, min, inv_t, CUTOFF as f64) {
         return exp_sum(arch, st, io, max, min, inv_t);
     }
     match AnyShift::new(max, min, inv_t) {
-        AnyShift::Unit(z) => exp_sum_with::<A, _>(arch, st, io, z),
-        AnyShift::Scaled(z) => exp_sum_with::<A, _>(arch, st, io, z),
+        AnyShift::Unit(z) => exp_sum_with::<A, _>(arch, st, io, z, next),
+        AnyShift::Scaled(z) => exp_sum_with::<A, _>(arch, st, io, z, next),
         AnyShift::Wide(_) => exp_sum(arch, st, io, max, min, inv_t),
     }
 }
 
-/// Σ e^z, z never below the exp cutoff, through [`run_short`].
+/// Σ e^z, z never below the exp cutoff, through [`run_short_ahead`].
 #[inline(always)]
-fn exp_sum_with<A: Arch, Z: Shift>(arch: A, st: &mut Stage<'_>, io: Io<'_>, z: Z) -> f64 {
+fn exp_sum_with<A: Arch, Z: Shift>(
+    arch: A,
+    st: &mut Stage<'_>,
+    io: Io<'_>,
+    z: Z,
+    next: NextRow,
+) -> f64 {
     let mut k = ExpSum::<Z, false>::new(z);
-    run_short(arch, io, st, &mut k);
+    run_short_ahead(arch, io, next, st, &mut k);
     k.total
 }
 
@@ -252,12 +259,18 @@ fn ln_sum_peaked<A: Arch>(
 }
 
 #[inline(always)]
-fn three_pass_stats<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>, inv_t: f32) -> Stats {
+fn three_pass_stats<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    x: AnySlice<'_>,
+    inv_t: f32,
+    next: NextRow,
+) -> Stats {
     let (max, min) = row_range_short(arch, st, x);
     if !max.is_finite() {
         return Stats::Special(classify(arch, st, x));
     }
-    let sum = exp_sum_short(arch, st, Io::Read(x), (max, min, inv_t));
+    let sum = exp_sum_short(arch, st, Io::Read(x), (max, min, inv_t), next);
     finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
@@ -297,7 +310,8 @@ pub(crate) fn online_stats<A: Arch>(
     finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
-/// The statistics behind log-softmax and logsumexp.
+/// The statistics behind log-softmax and logsumexp; three-pass asks for
+/// `next` (the batch's next row) while it sums.
 #[inline(always)]
 fn stats<A: Arch>(
     arch: A,
@@ -305,9 +319,10 @@ fn stats<A: Arch>(
     method: Method,
     x: AnySlice<'_>,
     inv_t: f32,
+    next: NextRow,
 ) -> Stats {
     match method {
-        Method::ThreePass => three_pass_stats(arch, st, x, inv_t),
+        Method::ThreePass => three_pass_stats(arch, st, x, inv_t, next),
         Method::Online => online_stats(arch, st, x, inv_t),
     }
 }
@@ -421,7 +436,8 @@ fn short_softmax<A: Arch>(
 
 /// The three-pass softmax of a row through memory: max; exp stored (in `y`
 /// when it is f32, else in `exps`) while summed; the stored values scaled.
-/// A short f32 row runs its passes compiled into the caller ([`run_short`]).
+/// A short f32 row runs its passes compiled into the caller ([`run_short`]);
+/// the exp pass asks for `next`, the batch's next row.
 #[inline(always)]
 fn three_pass_softmax<A: Arch>(
     arch: A,
@@ -430,6 +446,7 @@ fn three_pass_softmax<A: Arch>(
     x: Option<AnySlice<'_>>,
     mut y: AnySliceMut<'_>,
     exps: &mut [f32],
+    next: NextRow,
 ) {
     let (max, min) = row_range_short(arch, st, x.unwrap_or(y.shared()));
     if !max.is_finite() {
@@ -443,7 +460,7 @@ fn three_pass_softmax<A: Arch>(
         true => Io::write(x, y.reborrow()),
         false => Io::Map(x.unwrap_or(y.shared()), AnySliceMut::F32(&mut exps[..n])),
     };
-    let sum = exp_sum_short(arch, st, io, (max, min, inv_t));
+    let sum = exp_sum_short(arch, st, io, (max, min, inv_t), next);
     if sum.is_nan() {
         return write_special(arch, st, Output::Softmax, Special::Nan, x, y);
     }
@@ -482,19 +499,29 @@ fn softmax_rows<A: Arch>(
             Some(x) => Some(x.row(i)),
             None => None,
         };
+        let next = match &x {
+            Some(x) => x.next_row(i),
+            None => y.next_row(i),
+        };
         match (xi, y.row_mut(i)) {
             (Some(AnySlice::F32(xi)), AnySliceMut::F32(yi)) => {
-                softmax_f32(arch, inv_t, Some(AnySlice::F32(xi)), yi)
+                softmax_f32(arch, inv_t, Some(AnySlice::F32(xi)), yi, next)
             }
-            (None, AnySliceMut::F32(yi)) => softmax_f32(arch, inv_t, None, yi),
-            (xi, yi) => softmax_any(arch, st, inv_t, xi, yi, exps),
+            (None, AnySliceMut::F32(yi)) => softmax_f32(arch, inv_t, None, yi, next),
+            (xi, yi) => softmax_any(arch, st, inv_t, xi, yi, exps, next),
         }
     }
 }
 
 /// The three-pass softmax of an f32 row (`x` is f32 or `None`: in place).
 #[inline(always)]
-fn softmax_f32<A: Arch>(arch: A, inv_t: f32, x: Option<AnySlice<'_>>, y: &mut [f32]) {
+fn softmax_f32<A: Arch>(
+    arch: A,
+    inv_t: f32,
+    x: Option<AnySlice<'_>>,
+    y: &mut [f32],
+    next: NextRow,
+) {
     softmax_any(
         arch,
         &mut Stage::none(),
@@ -502,6 +529,7 @@ fn softmax_f32<A: Arch>(arch: A, inv_t: f32, x: Option<AnySlice<'_>>, y: &mut [f
         x,
         AnySliceMut::F32(y),
         &mut [],
+        next,
     )
 }
 
@@ -515,9 +543,10 @@ fn softmax_any<A: Arch>(
     x: Option<AnySlice<'_>>,
     mut y: AnySliceMut<'_>,
     exps: &mut [f32],
+    next: NextRow,
 ) {
     if short_softmax(arch, x, &mut y, inv_t).is_none() {
-        three_pass_softmax(arch, st, inv_t, x, y, exps)
+        three_pass_softmax(arch, st, inv_t, x, y, exps, next)
     }
 }
 
@@ -536,11 +565,14 @@ pub(crate) fn forward_row<A: Arch>(
     x: Option<AnySlice<'_>>,
     y: AnySliceMut<'_>,
     exps: &mut [f32],
+    next: NextRow,
 ) {
     let inv_t = temperature.inv;
     let stats = match (output, method) {
-        (Output::Softmax, Method::ThreePass) => return softmax_any(arch, st, inv_t, x, y, exps),
-        _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t),
+        (Output::Softmax, Method::ThreePass) => {
+            return softmax_any(arch, st, inv_t, x, y, exps, next)
+        }
+        _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t, next),
     };
     match stats {
         Stats::Special(special) => write_special(arch, st, output, special, x, y),
@@ -584,8 +616,9 @@ pub(crate) fn logsumexp_row<A: Arch>(
     method: Method,
     temperature: Temperature,
     x: AnySlice<'_>,
+    next: NextRow,
 ) -> f64 {
-    match stats(arch, st, method, x, temperature.inv) {
+    match stats(arch, st, method, x, temperature.inv, next) {
         Stats::Special(Special::Nan) => f64::NAN,
         Stats::Special(Special::PosInf(_)) => f64::INFINITY,
         Stats::Special(Special::Masked) => f64::NEG_INFINITY,
@@ -687,17 +720,18 @@ impl Job for Forward<'_> {
             return softmax_rows(arch, &mut stage, temperature, x, y, exps);
         }
         for i in 0..y.rows() {
+            let next_in_place = y.next_row(i);
             let yi = y.row_mut(i);
             // A match, not Option::map: a closure would be compiled outside the
             // target-feature region. In place, the passes read the widened copy.
-            let xi = match (&x, widened_len) {
-                (Some(x), 0) => Some(x.row(i)),
-                (None, 0) => None,
-                (Some(x), _) => Some(widen_into(arch, x.row(i), space)),
-                (None, _) => Some(widen_into(arch, yi.shared(), space)),
+            let (xi, next) = match (&x, widened_len) {
+                (Some(x), 0) => (Some(x.row(i)), x.next_row(i)),
+                (None, 0) => (None, next_in_place),
+                (Some(x), _) => (Some(widen_into(arch, x.row(i), space)), NextRow::NONE),
+                (None, _) => (Some(widen_into(arch, yi.shared(), space)), NextRow::NONE),
             };
             let st = &mut stage;
-            forward_row(arch, st, output, method, temperature, xi, yi, exps);
+            forward_row(arch, st, output, method, temperature, xi, yi, exps, next);
         }
     }
 }
@@ -759,11 +793,11 @@ impl Job for LogSumExp<'_> {
         let (method, t) = (self.method, self.temperature);
         let widen = rereads(method, self.x.kind());
         for i in 0..self.x.rows() {
-            let xi = match widen {
-                true => widen_into(arch, self.x.row(i), space),
-                false => self.x.row(i),
+            let (xi, next) = match widen {
+                true => (widen_into(arch, self.x.row(i), space), NextRow::NONE),
+                false => (self.x.row(i), self.x.next_row(i)),
             };
-            let value = logsumexp_row(arch, &mut stage, method, t, xi);
+            let value = logsumexp_row(arch, &mut stage, method, t, xi, next);
             self.out.set(i, value);
         }
     }
@@ -832,7 +866,7 @@ mod tests {
                 let mut memory = vec![f32::NAN; n];
                 let mut st = Stage::none();
                 let (xs, ys) = (AnySlice::F32(&x), AnySliceMut::F32(&mut memory));
-                three_pass_softmax(arch, &mut st, inv_t, Some(xs), ys, &mut []);
+                three_pass_softmax(arch, &mut st, inv_t, Some(xs), ys, &mut [], NextRow::NONE);
                 let mut short = vec![f32::NAN; n];
                 let done = short_softmax(arch, Some(xs), &mut AnySliceMut::F32(&mut short), inv_t);
                 let mut in_place = x.clone();

@@ -209,6 +209,74 @@ pub(crate) fn run_short<A: Arch, K: Kernel<A::Simd>>(
     }
 }
 
+/// The row after this one in a batch, by address, for a pass to ask the
+/// memory system for while it runs ([`run_short_ahead`]); never read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NextRow {
+    start: *const f32,
+    len: usize,
+}
+
+impl NextRow {
+    /// No row to ask for.
+    pub(crate) const NONE: NextRow = NextRow {
+        start: core::ptr::null(),
+        len: 0,
+    };
+
+    /// The f32 row `row`.
+    #[inline(always)]
+    pub(crate) fn of(row: &[f32]) -> Self {
+        Self {
+            start: row.as_ptr(),
+            len: row.len(),
+        }
+    }
+}
+
+/// [`run_short`] for a pass over one row of a batch that also asks for the
+/// next row's cache lines, a block's worth at the same offset with each
+/// block: memory streams the next row in while this pass computes, so the
+/// next row's passes find it in cache instead of waiting for it. Rows of
+/// other kinds run as in [`run_short`].
+#[inline(always)]
+pub(crate) fn run_short_ahead<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    io: Io<'_>,
+    next: NextRow,
+    stage: &mut Stage<'_>,
+    kernel: &mut K,
+) {
+    match io {
+        Io::Read(AnySlice::F32(x)) => {
+            let lanes = Ahead(Split(Row::new(x), NoStore), next);
+            match runs_here::<A>(x.len()) {
+                true => drive(arch, kernel, lanes),
+                false => pass(arch, kernel, lanes),
+            }
+        }
+        Io::Map(AnySlice::F32(x), AnySliceMut::F32(y)) => {
+            assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
+            let n = y.len();
+            let w = RowMut::new(y);
+            let lanes = Ahead(Split(Row::new(x).fit(&w), w), next);
+            match runs_here::<A>(n) {
+                true => drive(arch, kernel, lanes),
+                false => pass(arch, kernel, lanes),
+            }
+        }
+        Io::InPlace(AnySliceMut::F32(y)) => {
+            let n = y.len();
+            let lanes = Ahead(RowMut::new(y), next);
+            match runs_here::<A>(n) {
+                true => drive(arch, kernel, lanes),
+                false => pass(arch, kernel, lanes),
+            }
+        }
+        io => run_short(arch, io, stage, kernel),
+    }
+}
+
 /// Runs a reduction `kernel` over `x`: straight through an f32 row, a
 /// chunk at a time through the stage for f16 and bf16.
 #[inline(always)]
@@ -643,6 +711,54 @@ impl<A: Arch, L, W: Store<A>> Store<A> for Split<L, W> {
     #[inline(always)]
     fn tail(&mut self, arch: A, v: F32s<A>) {
         self.1.tail(arch, v)
+    }
+}
+
+/// Reads and writes through `L`, and with the first vector of each block asks
+/// for the same block of the next row (one prefetch per 64-byte line).
+struct Ahead<L>(L, NextRow);
+
+impl<A: Arch, L: Load<A>> Load<A> for Ahead<L> {
+    type In = L::In;
+    #[inline(always)]
+    fn counts(&self) -> (usize, usize, usize) {
+        self.0.counts()
+    }
+    #[inline(always)]
+    fn block(&self, arch: A, i: usize, j: usize) -> L::In {
+        if j == 0 {
+            let floats = UNROLL * (core::mem::size_of::<F32s<A>>() / 4);
+            let start = i * floats;
+            if start < self.1.len {
+                for line in (0..floats).step_by(16) {
+                    arch.prefetch(self.1.start.wrapping_add(start + line));
+                }
+            }
+        }
+        self.0.block(arch, i, j)
+    }
+    #[inline(always)]
+    fn vector(&self, arch: A, j: usize) -> L::In {
+        self.0.vector(arch, j)
+    }
+    #[inline(always)]
+    fn tail(&self, arch: A, fill: f32) -> L::In {
+        self.0.tail(arch, fill)
+    }
+}
+
+impl<A: Arch, L: Store<A>> Store<A> for Ahead<L> {
+    #[inline(always)]
+    fn block(&mut self, arch: A, i: usize, j: usize, v: F32s<A>) {
+        self.0.block(arch, i, j, v)
+    }
+    #[inline(always)]
+    fn vector(&mut self, arch: A, j: usize, v: F32s<A>) {
+        self.0.vector(arch, j, v)
+    }
+    #[inline(always)]
+    fn tail(&mut self, arch: A, v: F32s<A>) {
+        self.0.tail(arch, v)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Strided views of a batch: `rows` rows of `cols` elements, `stride` apart,
 //! over a row of any storage type; cut between rows for the tasks of a batch.
 
+use crate::loops::NextRow;
 use crate::required_len;
 use crate::storage::{AnySlice, AnySliceMut, Kind};
 
@@ -57,6 +58,16 @@ impl<'a> Strided<'a> {
         let start = i * self.stride;
         self.data.slice(start..start + self.cols)
     }
+    /// Row `i + 1` by address, when it exists and is f32.
+    #[inline(always)]
+    pub(crate) fn next_row(&self, i: usize) -> NextRow {
+        match self.data {
+            AnySlice::F32(s) if i + 1 < self.rows => {
+                NextRow::of(&s[(i + 1) * self.stride..][..self.cols])
+            }
+            _ => NextRow::NONE,
+        }
+    }
     /// The first `k` rows and the rest.
     pub fn split_at(self, k: usize) -> (Self, Self) {
         let k = k.min(self.rows);
@@ -99,6 +110,16 @@ impl<'a> StridedMut<'a> {
     #[inline]
     pub fn kind(&self) -> Kind {
         self.data.kind()
+    }
+    /// Row `i + 1` by address, when it exists and is f32.
+    #[inline(always)]
+    pub(crate) fn next_row(&self, i: usize) -> NextRow {
+        match &self.data {
+            AnySliceMut::F32(s) if i + 1 < self.rows => {
+                NextRow::of(&s[(i + 1) * self.stride..][..self.cols])
+            }
+            _ => NextRow::NONE,
+        }
     }
     #[inline]
     pub fn row_mut(&mut self, i: usize) -> AnySliceMut<'_> {
