@@ -25,6 +25,12 @@
 //! Tails never read or write outside the caller's slice: partial loads and
 //! stores touch only the lanes that exist, and the missing lanes take the
 //! kernel's fill value before the kernel sees them (a zero fill is wrong for max).
+//!
+//! Two variants serve the rows of a forward job: `run_short` compiles the
+//! loop of a short f32 row into the job's own region instead of calling the
+//! pass's region, and `run_short_ahead` also asks the memory system for the
+//! batch's next row while the pass runs. Both run the same loop, so they
+//! give the same bits.
 
 use crate::arch::{Arch, Body, F32s};
 use crate::storage::{narrow, widen, AnySlice, AnySliceMut};
@@ -180,6 +186,21 @@ fn runs_here<A: Arch>(n: usize) -> bool {
     A::JOBS_IN_REGION && n <= SHORT_ROW
 }
 
+/// Runs `kernel` over a row of `n` elements through `lanes`: compiled into
+/// the caller when [`runs_here`] says so, else in the pass's own region.
+#[inline(always)]
+fn here_or_region<A, L, K>(arch: A, kernel: &mut K, lanes: L, n: usize)
+where
+    A: Arch,
+    L: Load<A> + Store<A>,
+    K: Kernel<A::Simd, L::In>,
+{
+    match runs_here::<A>(n) {
+        true => drive(arch, kernel, lanes),
+        false => pass(arch, kernel, lanes),
+    }
+}
+
 /// [`run`], with the loop compiled into the caller when the rows are f32 and
 /// at most [`SHORT_ROW`] long and `A`'s jobs run inside its region
 /// ([`Arch::JOBS_IN_REGION`]): a short row's passes then cost no call,
@@ -249,29 +270,18 @@ pub(crate) fn run_short_ahead<A: Arch, K: Kernel<A::Simd>>(
 ) {
     match io {
         Io::Read(AnySlice::F32(x)) => {
-            let lanes = Ahead(Split(Row::new(x), NoStore), next);
-            match runs_here::<A>(x.len()) {
-                true => drive(arch, kernel, lanes),
-                false => pass(arch, kernel, lanes),
-            }
+            let n = x.len();
+            here_or_region(arch, kernel, Ahead(Split(Row::new(x), NoStore), next), n)
         }
         Io::Map(AnySlice::F32(x), AnySliceMut::F32(y)) => {
             assert_eq!(x.len(), y.len(), "a pass writes a row as long as it reads");
             let n = y.len();
             let w = RowMut::new(y);
-            let lanes = Ahead(Split(Row::new(x).fit(&w), w), next);
-            match runs_here::<A>(n) {
-                true => drive(arch, kernel, lanes),
-                false => pass(arch, kernel, lanes),
-            }
+            here_or_region(arch, kernel, Ahead(Split(Row::new(x).fit(&w), w), next), n)
         }
         Io::InPlace(AnySliceMut::F32(y)) => {
             let n = y.len();
-            let lanes = Ahead(RowMut::new(y), next);
-            match runs_here::<A>(n) {
-                true => drive(arch, kernel, lanes),
-                false => pass(arch, kernel, lanes),
-            }
+            here_or_region(arch, kernel, Ahead(RowMut::new(y), next), n)
         }
         io => run_short(arch, io, stage, kernel),
     }
