@@ -166,41 +166,24 @@ fn exp_sum<A: Arch>(
     exp_pass(arch, st, (max, min, inv_t), SumExp(io))
 }
 
-/// [`exp_sum`] for the rows of a forward job: the common row (no z below the
-/// exp cutoff, z = x - max or (x - max)/t) runs its loop compiled into the
-/// caller when it is a short f32 row ([`run_short`]); every other row, and
-/// every other form of z, runs as in [`exp_sum`]. The same arithmetic either
-/// way, so the same bits.
-#[inline(always)]
-fn exp_sum_short<A: Arch>(
-    arch: A,
-    st: &mut Stage<'_>,
-    io: Io<'_>,
-    (max, min, inv_t): (f32, f32, f32),
-    next: NextRow,
-) -> f64 {
-    if may_fall_below(max, min, inv_t, CUTOFF as f64) {
-        return exp_sum(arch, st, io, max, min, inv_t);
-    }
-    match AnyShift::new(max, min, inv_t) {
-        AnyShift::Unit(z) => exp_sum_with::<A, _>(arch, st, io, z, next),
-        AnyShift::Scaled(z) => exp_sum_with::<A, _>(arch, st, io, z, next),
-        AnyShift::Wide(_) => exp_sum(arch, st, io, max, min, inv_t),
-    }
-}
+/// [`SumExp`] for a row of a forward job, which asks for `next` (the batch's
+/// next row) while it runs: a row with no z below the exp cutoff (the common
+/// case) runs through [`run_short_ahead`], compiled into the caller when it
+/// is a short f32 row; a row that needs the per-element test runs as in
+/// [`SumExp`]. The same arithmetic either way, so the same bits.
+struct SumExpAhead<'a>(Io<'a>, NextRow);
 
-/// Σ e^z, z never below the exp cutoff, through [`run_short_ahead`].
-#[inline(always)]
-fn exp_sum_with<A: Arch, Z: Shift>(
-    arch: A,
-    st: &mut Stage<'_>,
-    io: Io<'_>,
-    z: Z,
-    next: NextRow,
-) -> f64 {
-    let mut k = ExpSum::<Z, false>::new(z);
-    run_short_ahead(arch, io, next, st, &mut k);
-    k.total
+impl ExpPass for SumExpAhead<'_> {
+    type Output = f64;
+    #[inline(always)]
+    fn pass<A: Arch, Z: Shift, const FLUSH: bool>(self, arch: A, st: &mut Stage<'_>, z: Z) -> f64 {
+        let mut k = ExpSum::<Z, FLUSH>::new(z);
+        match FLUSH {
+            false => run_short_ahead(arch, self.0, self.1, st, &mut k),
+            true => run(arch, self.0, st, &mut k),
+        }
+        k.total
+    }
 }
 
 /// Classifies a row whose max is not finite (or a block that is all -inf).
@@ -270,7 +253,7 @@ fn three_pass_stats<A: Arch>(
     if !max.is_finite() {
         return Stats::Special(classify(arch, st, x));
     }
-    let sum = exp_sum_short(arch, st, Io::Read(x), (max, min, inv_t), next);
+    let sum = exp_pass(arch, st, (max, min, inv_t), SumExpAhead(Io::Read(x), next));
     finite_or_nan(arch, st, x, (max, min, inv_t), sum)
 }
 
@@ -460,7 +443,7 @@ fn three_pass_softmax<A: Arch>(
         true => Io::write(x, y.reborrow()),
         false => Io::Map(x.unwrap_or(y.shared()), AnySliceMut::F32(&mut exps[..n])),
     };
-    let sum = exp_sum_short(arch, st, io, (max, min, inv_t), next);
+    let sum = exp_pass(arch, st, (max, min, inv_t), SumExpAhead(io, next));
     if sum.is_nan() {
         return write_special(arch, st, Output::Softmax, Special::Nan, x, y);
     }
