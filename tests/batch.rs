@@ -1,7 +1,8 @@
 //! Batches of rows, on every available ISA and algorithm:
 //!
 //! - results are bitwise identical whatever the thread count (serial, rayon
-//!   pools of 1, 2 and 3 threads, and the global pool);
+//!   pools of 1, 2 and 3 threads, and the global pool), and on a pool whose
+//!   workers are all busy (the calling thread then runs every share);
 //! - each batch row equals the single-row call bitwise;
 //! - in place equals out of place bitwise;
 //! - the padding between rows (stride > cols) and past the last row is never
@@ -190,6 +191,50 @@ fn results_do_not_depend_on_the_thread_count() {
             }
         }
     });
+}
+
+#[test]
+fn a_batch_on_a_busy_pool_runs_on_the_calling_thread() {
+    // Every worker of the pool waits at a gate, so no worker can take a
+    // share and the calling thread runs them all. The call returns only once
+    // a worker has run the task it offered (empty by then), so the gate
+    // opens from another thread after a while.
+    let batch = Batch::new(600, 1000, 1003, 5, 30);
+    let busy = pool(2);
+    let sm = Softmax::new().with_parallelism(Parallelism::Serial);
+    let serial = run(&sm, BatchOp::Softmax, &batch);
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    for _ in 0..busy.current_num_threads() {
+        let gate = gate.clone();
+        busy.spawn(move || {
+            let (open, opened) = &*gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+        });
+    }
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            *gate.0.lock().unwrap() = true;
+            gate.1.notify_all();
+        })
+    };
+    let started = std::time::Instant::now();
+    let got = run(
+        &sm.clone().with_parallelism(Parallelism::Pool(busy)),
+        BatchOp::Softmax,
+        &batch,
+    );
+    let took = started.elapsed();
+    opener.join().unwrap();
+    assert!(
+        first_difference(&serial, &got).is_none(),
+        "a batch on a busy pool differs from Serial"
+    );
+    eprintln!("busy pool: the batch took {took:?} while the workers waited");
 }
 
 /// Shapes: single row, tiny, odd strides, rows across online blocks, and large.

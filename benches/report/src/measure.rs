@@ -10,7 +10,6 @@ use crate::training::{Pass, Training};
 use crate::workload::{
     logits, max_error, reference_softmax, scalar_reference, Dtype, Pair, Shape, Typed,
 };
-use rayon::prelude::*;
 use rayon::ThreadPool;
 use softmax::half::{bf16, f16};
 use softmax::{Algorithm, CrossEntropy, Element, Isa, Parallelism, Rows, RowsMut, Softmax};
@@ -84,8 +83,9 @@ pub(crate) fn buffer_sets(out_of_cache: bool, footprint: usize, llc_bytes: usize
 
 // ---------------------------------------------------------------- the f32 table
 
-/// Runs a yardstick over whole rows, on one thread or split like the crate
-/// splits a batch (tasks of at least TASK_MIN_ELEMENTS, whole rows).
+/// Runs a yardstick over whole rows, on one thread or shared like the crate
+/// shares a batch: on a pool of T threads, the calling thread takes one of T
+/// equal parts (whole rows) and T − 1 of the pool's workers the others.
 pub(crate) fn yardstick(op: Op, x: &[f32], y: &mut [f32], cols: usize, pool: Option<&ThreadPool>) {
     let block = |x: &[f32], y: &mut [f32]| match op {
         Op::Naive => x
@@ -97,12 +97,18 @@ pub(crate) fn yardstick(op: Op, x: &[f32], y: &mut [f32], cols: usize, pool: Opt
     match pool {
         None => block(x, y),
         Some(pool) => {
-            let task = softmax::TASK_MIN_ELEMENTS.div_ceil(cols) * cols;
-            pool.install(|| {
-                x.par_chunks(task)
-                    .zip(y.par_chunks_mut(task))
-                    .for_each(|(x, y)| block(x, y))
-            })
+            let rows = x.len() / cols;
+            let part = rows.div_ceil(pool.current_num_threads()).max(1) * cols;
+            let mut parts = x.chunks(part).zip(y.chunks_mut(part));
+            let first = parts.next();
+            pool.in_place_scope(|s| {
+                for (x, y) in parts {
+                    s.spawn(move |_| block(x, y));
+                }
+                if let Some((x, y)) = first {
+                    block(x, y);
+                }
+            });
         }
     }
 }
