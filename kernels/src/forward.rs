@@ -18,7 +18,9 @@
 use crate::arch::Arch;
 use crate::exp::CUTOFF;
 use crate::exp_sum::{ExpSum, ExpSumBelowMax};
-use crate::loops::{read, run, run_short, run_short_ahead, write, Io, NextRow, Resident, Stage};
+use crate::loops::{
+    read, run, run_short, run_short_ahead, write, AskAhead, Io, NextRow, Resident, Stage, SHORT_ROW,
+};
 use crate::max::MinMax;
 use crate::output::{ExpScale, Fill, InfShare, LogSoftmaxOut, Map, Scale};
 use crate::scan::SpecialScan;
@@ -167,13 +169,13 @@ fn exp_sum<A: Arch>(
 }
 
 /// [`SumExp`] for a row of a forward job, which asks for `next` (the batch's
-/// next row) while it runs: a row with no z below the exp cutoff (the common
+/// next row, and for log-softmax perhaps its output row) while it runs: a row with no z below the exp cutoff (the common
 /// case) runs through [`run_short_ahead`], compiled into the caller when it
 /// is a short f32 row; a row that needs the per-element test runs as in
 /// [`SumExp`]. The same arithmetic either way, so the same bits.
-struct SumExpAhead<'a>(Io<'a>, NextRow);
+struct SumExpAhead<'a, P>(Io<'a>, P);
 
-impl ExpPass for SumExpAhead<'_> {
+impl<P: AskAhead> ExpPass for SumExpAhead<'_, P> {
     type Output = f64;
     #[inline(always)]
     fn pass<A: Arch, Z: Shift, const FLUSH: bool>(self, arch: A, st: &mut Stage<'_>, z: Z) -> f64 {
@@ -247,7 +249,7 @@ fn three_pass_stats<A: Arch>(
     st: &mut Stage<'_>,
     x: AnySlice<'_>,
     inv_t: f32,
-    next: NextRow,
+    next: impl AskAhead,
 ) -> Stats {
     let (max, min) = row_range_short(arch, st, x);
     if !max.is_finite() {
@@ -294,7 +296,7 @@ pub(crate) fn online_stats<A: Arch>(
 }
 
 /// The statistics behind log-softmax and logsumexp; three-pass asks for
-/// `next` (the batch's next row) while it sums.
+/// `next` (the batch's next row, perhaps with the output row) while it sums.
 #[inline(always)]
 fn stats<A: Arch>(
     arch: A,
@@ -302,7 +304,7 @@ fn stats<A: Arch>(
     method: Method,
     x: AnySlice<'_>,
     inv_t: f32,
-    next: NextRow,
+    next: impl AskAhead,
 ) -> Stats {
     match method {
         Method::ThreePass => three_pass_stats(arch, st, x, inv_t, next),
@@ -555,6 +557,14 @@ pub(crate) fn forward_row<A: Arch>(
         (Output::Softmax, Method::ThreePass) => {
             return softmax_any(arch, st, inv_t, x, y, exps, next)
         }
+        // The output pass only subtracts, and would wait for its row's lines:
+        // a row longer than a short one is asked for with the next input row.
+        (Output::LogSoftmax, _) => match (x, &y) {
+            (Some(x), AnySliceMut::F32(out)) if out.len() > SHORT_ROW => {
+                stats(arch, st, method, x, inv_t, (next, NextRow::of(out)))
+            }
+            _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t, next),
+        },
         _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t, next),
     };
     match stats {

@@ -255,16 +255,43 @@ impl NextRow {
     }
 }
 
+/// Rows a pass asks for ahead of their use, a block at a time: the batch's
+/// next row ([`NextRow`]), or that and the row's own output when a later,
+/// lighter pass writes it (log-softmax's), so its stores find their lines.
+pub(crate) trait AskAhead: Copy {
+    /// Asks for `floats` elements from offset `start` of each row.
+    fn ask<A: Arch>(&self, arch: A, start: usize, floats: usize);
+}
+
+impl AskAhead for NextRow {
+    #[inline(always)]
+    fn ask<A: Arch>(&self, arch: A, start: usize, floats: usize) {
+        if start < self.len {
+            for line in (0..floats).step_by(16) {
+                arch.prefetch(self.start.wrapping_add(start + line));
+            }
+        }
+    }
+}
+
+impl AskAhead for (NextRow, NextRow) {
+    #[inline(always)]
+    fn ask<A: Arch>(&self, arch: A, start: usize, floats: usize) {
+        self.0.ask(arch, start, floats);
+        self.1.ask(arch, start, floats);
+    }
+}
+
 /// [`run_short`] for a pass over one row of a batch that also asks for the
 /// next row's cache lines, a block's worth at the same offset with each
 /// block: memory streams the next row in while this pass computes, so the
 /// next row's passes find it in cache instead of waiting for it. Rows of
 /// other kinds run as in [`run_short`].
 #[inline(always)]
-pub(crate) fn run_short_ahead<A: Arch, K: Kernel<A::Simd>>(
+pub(crate) fn run_short_ahead<A: Arch, K: Kernel<A::Simd>, P: AskAhead>(
     arch: A,
     io: Io<'_>,
-    next: NextRow,
+    next: P,
     stage: &mut Stage<'_>,
     kernel: &mut K,
 ) {
@@ -725,10 +752,10 @@ impl<A: Arch, L, W: Store<A>> Store<A> for Split<L, W> {
 }
 
 /// Reads and writes through `L`, and with the first vector of each block asks
-/// for the same block of the next row (one prefetch per 64-byte line).
-struct Ahead<L>(L, NextRow);
+/// for the same block of the rows in `P` (one prefetch per 64-byte line).
+struct Ahead<L, P>(L, P);
 
-impl<A: Arch, L: Load<A>> Load<A> for Ahead<L> {
+impl<A: Arch, L: Load<A>, P: AskAhead> Load<A> for Ahead<L, P> {
     type In = L::In;
     #[inline(always)]
     fn counts(&self) -> (usize, usize, usize) {
@@ -738,12 +765,7 @@ impl<A: Arch, L: Load<A>> Load<A> for Ahead<L> {
     fn block(&self, arch: A, i: usize, j: usize) -> L::In {
         if j == 0 {
             let floats = UNROLL * (core::mem::size_of::<F32s<A>>() / 4);
-            let start = i * floats;
-            if start < self.1.len {
-                for line in (0..floats).step_by(16) {
-                    arch.prefetch(self.1.start.wrapping_add(start + line));
-                }
-            }
+            self.1.ask(arch, i * floats, floats);
         }
         self.0.block(arch, i, j)
     }
@@ -757,7 +779,7 @@ impl<A: Arch, L: Load<A>> Load<A> for Ahead<L> {
     }
 }
 
-impl<A: Arch, L: Store<A>> Store<A> for Ahead<L> {
+impl<A: Arch, L: Store<A>, P> Store<A> for Ahead<L, P> {
     #[inline(always)]
     fn block(&mut self, arch: A, i: usize, j: usize, v: F32s<A>) {
         self.0.block(arch, i, j, v)
