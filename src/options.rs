@@ -6,8 +6,8 @@ use crate::rows::{output_len, same_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut};
 use rayon::ThreadPool;
 use softmax_kernels::{
-    AnySlice, AnySliceMut, Forward, LogSumExp, Method, Output, ShortSoftmax, Strided, StridedMut,
-    Temperature, SHORT_ROW_VECTORS,
+    AnySlice, AnySliceMut, Forward, LogSumExp, Method, Output, RowSoftmax, ShortSoftmax, Strided,
+    StridedMut, Temperature, SHORT_ROW, SHORT_ROW_VECTORS,
 };
 use std::sync::Arc;
 
@@ -152,16 +152,22 @@ impl Softmax {
         batch::run(job, cols, self.isa, &self.parallelism);
     }
 
-    /// Whether a softmax row of `n` elements may take [`ShortSoftmax`] (f32 in and out).
-    fn short_row(&self, output: Output, n: usize) -> bool {
+    /// Whether a softmax row of `n` elements may take [`ShortSoftmax`], held
+    /// in registers (f32 in and out).
+    fn resident_row(&self, output: Output, n: usize) -> bool {
         output == Output::Softmax
             && n <= SHORT_ROW_VECTORS * self.isa.lanes()
             && self.algorithm.method(n) == Method::ThreePass
     }
 
-    /// Runs a short f32 softmax row on its own path; `false` where it needs
-    /// the general one (another type, or a row under the special-value rules).
-    fn short_softmax(&self, x: Option<AnySlice<'_>>, y: AnySliceMut<'_>) -> bool {
+    /// Whether a softmax row of `n` elements may take [`RowSoftmax`] (f32 in and out).
+    fn short_row(&self, output: Output, n: usize) -> bool {
+        output == Output::Softmax && n <= SHORT_ROW && self.algorithm.method(n) == Method::ThreePass
+    }
+
+    /// Runs a short f32 softmax row in registers; `false` where it needs
+    /// another path (another type, or a row under the special-value rules).
+    fn resident_softmax(&self, x: Option<AnySlice<'_>>, y: AnySliceMut<'_>) -> bool {
         let (x, y) = match (x, y) {
             (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => (Some(x), y),
             (None, AnySliceMut::F32(y)) => (None, y),
@@ -169,6 +175,19 @@ impl Softmax {
         };
         let temperature = self.temperature;
         dispatch::run(self.isa, ShortSoftmax { temperature, x, y }, &mut [])
+    }
+
+    /// Runs a short f32 softmax row as a job of its own, without a batch's
+    /// machinery; `false` for rows of other types, which take the general path.
+    fn short_softmax(&self, x: Option<AnySlice<'_>>, y: AnySliceMut<'_>) -> bool {
+        let (x, y) = match (x, y) {
+            (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => (Some(x), y),
+            (None, AnySliceMut::F32(y)) => (None, y),
+            _ => return false,
+        };
+        let temperature = self.temperature;
+        dispatch::run(self.isa, RowSoftmax { temperature, x, y }, &mut []);
+        true
     }
 
     fn forward_row<I: Element, O: Element>(
@@ -179,6 +198,9 @@ impl Softmax {
     ) -> Result<(), Error> {
         same_len(x.len(), y.len())?;
         let n = x.len();
+        if self.resident_row(output, n) && self.resident_softmax(Some(I::any(x)), O::any_mut(y)) {
+            return Ok(());
+        }
         if self.short_row(output, n) && self.short_softmax(Some(I::any(x)), O::any_mut(y)) {
             return Ok(());
         }
@@ -190,6 +212,9 @@ impl Softmax {
 
     fn forward_row_in_place<T: Element>(&self, output: Output, x: &mut [T]) -> Result<(), Error> {
         let n = x.len();
+        if self.resident_row(output, n) && self.resident_softmax(None, T::any_mut(x)) {
+            return Ok(());
+        }
         if self.short_row(output, n) && self.short_softmax(None, T::any_mut(x)) {
             return Ok(());
         }

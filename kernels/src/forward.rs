@@ -733,7 +733,7 @@ impl Job for Forward<'_> {
 /// place when `x` is `None`: held in registers, with no per-row setup (a
 /// single call's cheapest path). Three-pass, with the same arithmetic as
 /// [`Forward`]. Outputs `false`, with `y` untouched, for a row that is longer
-/// or follows the special-value rules: then run it as a [`Forward`] job.
+/// or follows the special-value rules: then run it as a [`RowSoftmax`].
 pub struct ShortSoftmax<'a> {
     pub temperature: Temperature,
     pub x: Option<&'a [f32]>,
@@ -759,6 +759,52 @@ impl Job for ShortSoftmax<'_> {
         };
         let mut y = AnySliceMut::F32(self.y);
         short_softmax(arch, x, &mut y, self.temperature.inv).is_some()
+    }
+}
+
+/// The three-pass softmax of one f32 row, in place when `x` is `None`, as a
+/// job of its own: a single call with none of a batch's views, splitting or
+/// working space. The row takes the passes of a batch row ([`softmax_any`]),
+/// compiled into this job's region up to [`SHORT_ROW`] elements: the same
+/// bits, special values included.
+pub struct RowSoftmax<'a> {
+    pub temperature: Temperature,
+    pub x: Option<&'a [f32]>,
+    pub y: &'a mut [f32],
+}
+
+impl Job for RowSoftmax<'_> {
+    type Output = ();
+
+    fn scratch_len(&self) -> usize {
+        0
+    }
+
+    #[inline(always)]
+    fn run<A: Arch>(self, arch: A, _: &mut [f32]) {
+        // A match, not Option::map: a closure would be compiled outside the region.
+        let x = match self.x {
+            Some(x) => {
+                assert_eq!(
+                    x.len(),
+                    self.y.len(),
+                    "a softmax writes a row as long as it reads"
+                );
+                Some(AnySlice::F32(x))
+            }
+            None => None,
+        };
+        let inv_t = self.temperature.inv;
+        let y = AnySliceMut::F32(self.y);
+        softmax_any(
+            arch,
+            &mut Stage::none(),
+            inv_t,
+            x,
+            y,
+            &mut [],
+            NextRow::NONE,
+        )
     }
 }
 

@@ -56,8 +56,9 @@ mod strided;
 
 pub use backward::{Backward, Jacobian};
 pub use cross_entropy::{CrossEntropy, Labels, LossOptions, RowTarget, Targets};
-pub use forward::{Forward, LogSumExp, ShortSoftmax, ONLINE_BLOCK, SHORT_ROW_VECTORS};
+pub use forward::{Forward, LogSumExp, RowSoftmax, ShortSoftmax, ONLINE_BLOCK, SHORT_ROW_VECTORS};
 pub use half;
+pub use loops::SHORT_ROW;
 pub use pulp;
 pub use sample::{Draw, Drawn, Sample, SampleOptions, TokenLogprob, BLOCK as SAMPLE_BLOCK};
 pub use storage::{AnySlice, AnySliceMut, Kind, Storage};

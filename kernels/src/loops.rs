@@ -177,7 +177,7 @@ pub(crate) fn run<A: Arch, K: Kernel<A::Simd>>(
 
 /// f32 rows up to this many elements may run a pass compiled into the
 /// caller ([`run_short`]).
-pub(crate) const SHORT_ROW: usize = 512;
+pub const SHORT_ROW: usize = 512;
 
 /// Whether a pass over an f32 row of `n` elements runs compiled into its
 /// caller (see [`run_short`]).
