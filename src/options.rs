@@ -168,10 +168,8 @@ impl Softmax {
     /// Runs a short f32 softmax row in registers; `false` where it needs
     /// another path (another type, or a row under the special-value rules).
     fn resident_softmax(&self, x: Option<AnySlice<'_>>, y: AnySliceMut<'_>) -> bool {
-        let (x, y) = match (x, y) {
-            (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => (Some(x), y),
-            (None, AnySliceMut::F32(y)) => (None, y),
-            _ => return false,
+        let Some((x, y)) = f32_row(x, y) else {
+            return false;
         };
         let temperature = self.temperature;
         dispatch::run(self.isa, ShortSoftmax { temperature, x, y }, &mut [])
@@ -180,10 +178,8 @@ impl Softmax {
     /// Runs a short f32 softmax row as a job of its own, without a batch's
     /// machinery; `false` for rows of other types, which take the general path.
     fn short_softmax(&self, x: Option<AnySlice<'_>>, y: AnySliceMut<'_>) -> bool {
-        let (x, y) = match (x, y) {
-            (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => (Some(x), y),
-            (None, AnySliceMut::F32(y)) => (None, y),
-            _ => return false,
+        let Some((x, y)) = f32_row(x, y) else {
+            return false;
         };
         let temperature = self.temperature;
         dispatch::run(self.isa, RowSoftmax { temperature, x, y }, &mut []);
@@ -314,5 +310,18 @@ impl Softmax {
         };
         batch::run(job, cols, self.isa, &self.parallelism);
         Ok(())
+    }
+}
+
+/// The f32 input (or none: in place) and output of a row whose output is
+/// f32 and whose input, if any, is too.
+fn f32_row<'a>(
+    x: Option<AnySlice<'a>>,
+    y: AnySliceMut<'a>,
+) -> Option<(Option<&'a [f32]>, &'a mut [f32])> {
+    match (x, y) {
+        (Some(AnySlice::F32(x)), AnySliceMut::F32(y)) => Some((Some(x), y)),
+        (None, AnySliceMut::F32(y)) => Some((None, y)),
+        _ => None,
     }
 }
