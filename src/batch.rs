@@ -154,8 +154,8 @@ impl Tasks {
 
 /// The longest a thread that has run its part of a batch spins for the
 /// other part before it blocks (a blocked thread waits for the operating
-/// system to wake it: tens of microseconds in the measurements of
-/// [`Parallelism`]).
+/// system to wake it: about 0.1 ms on the machine of
+/// [`PARALLEL_MIN_ELEMENTS`]'s measurements).
 const MAX_SPIN: Duration = Duration::from_micros(100);
 
 /// Spins until `done` is set, for at most `limit`.
