@@ -557,15 +557,25 @@ pub(crate) fn forward_row<A: Arch>(
         (Output::Softmax, Method::ThreePass) => {
             return softmax_any(arch, st, inv_t, x, y, exps, next)
         }
-        // The output pass only subtracts, and would wait for its row's lines:
-        // a row longer than a short one is asked for with the next input row.
-        (Output::LogSoftmax, _) => match (x, &y) {
-            (Some(x), AnySliceMut::F32(out)) if out.len() > SHORT_ROW => {
-                stats(arch, st, method, x, inv_t, (next, NextRow::of(out)))
-            }
-            _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t, next),
-        },
-        _ => stats(arch, st, method, x.unwrap_or(y.shared()), inv_t, next),
+        _ => {
+            // Log-softmax's output pass only subtracts, and would wait for its
+            // row's lines: out of place, a row longer than a short one is
+            // asked for with the next input row.
+            let out = match (output, x.is_some(), &y) {
+                (Output::LogSoftmax, true, AnySliceMut::F32(out)) if out.len() > SHORT_ROW => {
+                    NextRow::of(out)
+                }
+                _ => NextRow::NONE,
+            };
+            stats(
+                arch,
+                st,
+                method,
+                x.unwrap_or(y.shared()),
+                inv_t,
+                (next, out),
+            )
+        }
     };
     match stats {
         Stats::Special(special) => write_special(arch, st, output, special, x, y),
