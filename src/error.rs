@@ -141,6 +141,50 @@ pub enum Error {
         /// The row length.
         cols: usize,
     },
+    /// An attention option out of its range (scale, soft-cap, window, ALiBi).
+    InvalidAttentionOption {
+        /// The option: "scale", "soft_cap", "window", "max_bias", "slope".
+        option: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A scores tensor of (batch, heads, queries, keys) that its buffer
+    /// cannot hold, or that overflows `usize`.
+    TensorTooShort {
+        /// Elements in the buffer.
+        len: usize,
+        /// Elements the shape and strides reach (`usize::MAX` on overflow).
+        required: usize,
+    },
+    /// Writable scores whose rows overlap, or do not lie in (batch, head,
+    /// query) order: each stride must clear the rows inside it.
+    OverlappingRows {
+        /// (batch, heads, queries, keys).
+        dims: [usize; 4],
+        /// Strides of batch, head and query, in elements.
+        strides: [usize; 3],
+    },
+    /// Two tensors of an attention call whose shapes differ, or a mask that
+    /// does not broadcast over the scores.
+    TensorShapeMismatch {
+        /// What the shape belongs to: "output", "mask", "dy", "scores".
+        what: &'static str,
+        /// Its (batch, heads, queries, keys).
+        dims: [usize; 4],
+        /// The scores' (batch, heads, queries, keys).
+        scores: [usize; 4],
+    },
+    /// A per-head or per-batch list of the wrong length.
+    CountMismatch {
+        /// The list: "sinks", "slopes", "sink gradients", "key lengths".
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The length expected.
+        expected: usize,
+    },
+    /// The backward pass of a soft-capped softmax needs the raw scores.
+    ScoresRequired,
     /// More top log-probabilities asked for than the row has tokens.
     TooManyLogprobs {
         /// Pairs asked for.
@@ -243,6 +287,38 @@ impl fmt::Display for Error {
             Error::TooManyLogprobs { requested, cols } => write!(
                 f,
                 "{requested} top log-probabilities asked for rows of {cols} tokens; expected at most {cols}"
+            ),
+            Error::InvalidAttentionOption { option, value } => write!(
+                f,
+                "attention option {option} = {value} is invalid; expected {}",
+                match option {
+                    "scale" => "a finite value",
+                    "soft_cap" => "a finite value > 0 (with a finite scale / cap)",
+                    "window" => "a window of at least 1 key",
+                    "max_bias" => "a finite value ≥ 0",
+                    _ => "a finite slope",
+                }
+            ),
+            Error::TensorTooShort { len, required } => write!(
+                f,
+                "buffer holds {len} elements but the shape and strides reach {required}"
+            ),
+            Error::OverlappingRows { dims, strides } => write!(
+                f,
+                "writable scores of dims {dims:?} with strides {strides:?} have overlapping \
+                 rows; expected each stride to clear the rows inside it"
+            ),
+            Error::TensorShapeMismatch { what, dims, scores } => write!(
+                f,
+                "{what} has dims {dims:?} but the scores are {scores:?}; expected equal dims \
+                 (a mask: batch and heads dividing the scores', queries equal or 1, keys equal)"
+            ),
+            Error::CountMismatch { what, len, expected } => {
+                write!(f, "{len} {what} given; expected {expected}")
+            }
+            Error::ScoresRequired => write!(
+                f,
+                "the backward pass of a soft-capped softmax needs the raw scores; pass them"
             ),
             Error::IsaUnavailable(isa) => write!(
                 f,

@@ -46,6 +46,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod attention;
 mod backward;
 mod batch;
 mod cross_entropy;
@@ -63,6 +64,10 @@ pub use half;
 /// `with_thread_pool` options.
 pub use rayon::{ThreadPool, ThreadPoolBuilder};
 
+pub use attention::{
+    alibi_slopes, packed_strides, Alibi, AlibiBias, AttentionInputs, AttentionMask,
+    AttentionSoftmax, Scores, ScoresMut,
+};
 pub use batch::{Parallelism, PARALLEL_MIN_ELEMENTS, TASK_MIN_ELEMENTS};
 pub use cross_entropy::{CrossEntropy, Label, Reduction, DEFAULT_IGNORE_INDEX};
 pub use element::Element;

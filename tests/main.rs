@@ -8,6 +8,7 @@
 mod common;
 
 mod api;
+mod attention;
 mod batch;
 mod errors;
 mod half;

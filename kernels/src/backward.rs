@@ -23,8 +23,8 @@ use crate::{stage_len, Batch, Job, Output, Temperature};
 use pulp::Simd;
 
 /// Σ main·side over a pair of rows.
-struct Dot {
-    total: f64,
+pub(crate) struct Dot {
+    pub(crate) total: f64,
 }
 
 impl<S: Simd> Kernel<S, (S::f32s, S::f32s)> for Dot {
@@ -57,10 +57,10 @@ impl<S: Simd> Kernel<S> for Sum {
 }
 
 /// dx = y · ((g - hi) - lo) · inv_t, with (main, side) = (g, y).
-struct SoftmaxGrad {
-    hi: f32,
-    lo: f32,
-    inv_t: f32,
+pub(crate) struct SoftmaxGrad {
+    pub(crate) hi: f32,
+    pub(crate) lo: f32,
+    pub(crate) inv_t: f32,
 }
 
 impl<S: Simd> Elementwise<S, (S::f32s, S::f32s)> for SoftmaxGrad {

@@ -74,7 +74,7 @@ fn row_range_short<A: Arch>(arch: A, st: &mut Stage<'_>, x: AnySlice<'_>) -> (f3
 /// `cutoff` (then the passes test each element). The margin covers the
 /// roundings of z; a NaN or infinite bound answers yes.
 #[inline(always)]
-fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
+pub(crate) fn may_fall_below(max: f32, min: f32, inv_t: f32, cutoff: f64) -> bool {
     let z_min = (min as f64 - max as f64) * inv_t as f64;
     let above = z_min * (1.0 + 1.0 / 1_048_576.0) >= cutoff;
     !above

@@ -19,6 +19,7 @@
 //! | `backward.rs`      | softmax and log-softmax backward, the Jacobian |
 //! | `cross_entropy.rs` | cross-entropy and its gradient from logits; labels and targets |
 //! | `sample/`          | sampling a token: block passes, truncation, the draw |
+//! | `attention.rs`     | attention-score softmax: scale, soft-cap, masks, ALiBi, sinks; its backward pass |
 //!
 //! The passes and what they stand on:
 //!
@@ -29,6 +30,7 @@
 //! | `storage.rs`  | f32/f16/bf16 rows: widening and narrowing |
 //! | `strided.rs`  | strided views of a batch, cut between rows |
 //! | `exp.rs`      | the vector exp and its constants |
+//! | `tanh.rs`     | the soft-cap c·tanh(k·x) and its slope, from the exp's reduction |
 //! | `max.rs`      | max- and min-reduce |
 //! | `shift.rs`    | z = (x - max)/t, three ways |
 //! | `exp_sum.rs`  | exp-subtract(-store)-sum |
@@ -39,6 +41,7 @@
 #![deny(unsafe_code)]
 
 pub mod arch;
+mod attention;
 mod backward;
 mod cross_entropy;
 pub mod exp;
@@ -53,7 +56,12 @@ mod scan;
 mod shift;
 mod storage;
 mod strided;
+mod tanh;
 
+pub use attention::{
+    AlibiOn, AttentionBackward, AttentionForward, Grid, GridMut, Layout, Logit, Mask, MaskData,
+    Positions,
+};
 pub use backward::{Backward, Jacobian};
 pub use cross_entropy::{CrossEntropy, Labels, LossOptions, RowTarget, Targets};
 pub use forward::{Forward, LogSumExp, RowSoftmax, ShortSoftmax, ONLINE_BLOCK, SHORT_ROW_VECTORS};
@@ -63,6 +71,7 @@ pub use pulp;
 pub use sample::{Draw, Drawn, Sample, SampleOptions, TokenLogprob, BLOCK as SAMPLE_BLOCK};
 pub use storage::{AnySlice, AnySliceMut, Kind, Storage};
 pub use strided::{Strided, StridedMut};
+pub use tanh::SoftCap;
 
 use arch::Arch;
 pub use loops::{Stage, CHUNK};

@@ -156,7 +156,7 @@ impl<'a> Stage<'a> {
 
 /// The chunks `(start, end)` of a row of `n` elements.
 #[inline(always)]
-fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(CHUNK).map(move |s| (s, n.min(s + CHUNK)))
 }
 
@@ -353,6 +353,56 @@ pub(crate) fn write<A: Arch, K: Kernel<A::Simd>>(
 #[inline(always)]
 fn read_f32<A: Arch, K: Kernel<A::Simd>>(arch: A, kernel: &mut K, x: &[f32]) {
     pass(arch, kernel, Split(Row::new(x), NoStore))
+}
+
+/// Runs `kernel` from the f32 row `x` into `y`, or over `y` in place when
+/// `x` is `None`: the chunk step of a pass whose caller stages its own rows,
+/// compiled into the caller for short rows as in [`run_short`].
+#[inline(always)]
+pub(crate) fn map_or_update<A: Arch, K: Kernel<A::Simd>>(
+    arch: A,
+    kernel: &mut K,
+    x: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let n = y.len();
+    match x {
+        Some(x) => {
+            assert_eq!(x.len(), n, "a pass writes a row as long as it reads");
+            let w = RowMut::new(y);
+            here_or_region(arch, kernel, Split(Row::new(x).fit(&w), w), n)
+        }
+        None => here_or_region(arch, kernel, RowMut::new(y), n),
+    }
+}
+
+/// [`map_or_update`] over (main, side) pairs, the side row read alongside.
+#[inline(always)]
+pub(crate) fn map_or_update_pair<A, K>(
+    arch: A,
+    kernel: &mut K,
+    x: Option<&[f32]>,
+    side: &[f32],
+    y: &mut [f32],
+) where
+    A: Arch,
+    K: Kernel<A::Simd, (F32s<A>, F32s<A>)>,
+{
+    let n = y.len();
+    assert!(side.len() == n, "paired rows differ in length");
+    match x {
+        Some(x) => {
+            assert_eq!(x.len(), n, "paired rows differ in length");
+            let w = RowMut::new(y);
+            let (main, side) = (Row::new(x).fit(&w), Row::new(side).fit(&w));
+            here_or_region(arch, kernel, Split(Pair(main, side), w), n)
+        }
+        None => {
+            let w = RowMut::new(y);
+            let side = Row::new(side).fit(&w);
+            here_or_region(arch, kernel, WithSide(w, side), n)
+        }
+    }
 }
 
 #[inline(always)]

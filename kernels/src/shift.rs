@@ -22,6 +22,14 @@ pub(crate) struct Unit {
     max: f32,
 }
 
+impl Unit {
+    /// z = x - max, for a row whose t is 1.
+    #[inline(always)]
+    pub(crate) fn new(max: f32) -> Self {
+        Self { max }
+    }
+}
+
 impl Shift for Unit {
     #[inline(always)]
     fn z<S: Simd>(&self, simd: S, x: S::f32s) -> S::f32s {

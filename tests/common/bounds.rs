@@ -48,3 +48,23 @@ pub fn logsumexp_bound(t: f32, max: f32, finite: usize) -> f64 {
     let t = t as f64;
     ((max as f64).abs() + t * ((finite as f64).ln() + 4.0)) * 2.0 * U
 }
+
+/// Bound on |y − y*| for an attention softmax output: the softmax bound at
+/// t = 1, plus the error of the logits, each within `size`·U of exact, where
+/// size = |v| + |s·x| + |bias| (+ 4·|c·tanh| under a soft-cap: the tanh's 3
+/// steps and the rounding of s/c): twice the logit's own and twice the
+/// largest of its row (`worst`), which the max carries into every output.
+/// The absolute slack grows by the same factor: an output that close to
+/// the smallest normal f32 may land on either side of the flush to 0.
+pub fn attention_bound(z: f64, size: f64, worst: f64, y_ref: f64) -> f64 {
+    let relative = (z.abs() + 8.0 + 2.0 * size + 2.0 * worst) * U;
+    y_ref * relative + SOFTMAX_ABS * (1.0 + relative)
+}
+
+/// Bound on |dx − dx*| for the attention backward pass at one key, with
+/// y and g the f32 inputs, dot = ⟨g, y⟩ (exact) and slope = dv/dx there
+/// (s, or s·(1 − tanh²) under a cap): 16 roundings of the terms, the dot's
+/// f32 lanes (|dot| + 1 with |g| ≤ 1) included.
+pub fn attention_grad_bound(y: f64, g: f64, dot: f64, slope: f64) -> f64 {
+    16.0 * U * y.abs() * slope.abs() * (g.abs() + dot.abs() + 1.0) + f32::MIN_POSITIVE as f64
+}
