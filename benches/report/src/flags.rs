@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use softmax::{Algorithm, Isa};
+use softmax_report::attention::Variant;
 use softmax_report::sampling::{QUICK_SAMPLING_COLS, SAMPLING_COLS};
 use softmax_report::workload::{
     Dtype, Pair, Shape, HALF_SHAPES, QUICK_SHAPES, SMALL_TRAINING_SHAPE, STANDARD_SHAPES,
@@ -31,8 +32,8 @@ const ALL_PAIRS: [Pair; 5] = [
 const EXIT_CODES: &str = "\
 Exits 1 if any configuration differs from the scalar ISA by more than
 1e-6 · max(1, |reference|) (half-precision outputs: 2^-10 for f16, 2^-7 for
-bf16, · max(|reference|, 2^-14); training passes: 1e-5 · the row's largest
-|reference|; samplers: a kept set other than a full sort's, a token outside
+bf16, · max(|reference|, 2^-14); training passes and attention variants:
+1e-5 · the row's largest |reference|; samplers: a kept set other than a full sort's, a token outside
 it, a frequency more than 5 standard errors off, or a token other than the
 scalar ISA's where they must agree), 2 on a bad flag or an unwritable output
 directory.";
@@ -91,6 +92,13 @@ struct Flags {
     /// entropy loss and gradient, loss alone
     #[arg(long, verbatim_doc_comment, value_name = "SHAPE", value_parser = training_shape)]
     training: Option<List<Shape>>,
+    /// The attention table: default (AttentionSoftmax, f32,
+    /// scale 0.125: prefill 32x512x512 causal, with an f16
+    /// mask, with soft-cap and mask; decode 32x1x4096 with
+    /// a padding mask; ALiBi and sinks 32x64x1024; each
+    /// against softmax_rows of the same rows) or none
+    #[arg(long, verbatim_doc_comment, value_name = "WHICH", value_parser = attention_variants)]
+    attention: Option<List<Variant>>,
     /// Row lengths of the sampling table, e.g. 128256,32000
     /// (f32, one row, one thread; default 128256, with
     /// --quick 32000; none: no table): Sampler with top-k
@@ -145,6 +153,8 @@ pub struct Config {
     pub half_shapes: Vec<Shape>,
     /// The training table's shape, or none.
     pub training: Option<Shape>,
+    /// The attention table's variants (none: no table).
+    pub attention: Vec<Variant>,
     /// The sampling table's row lengths (none: no table).
     pub sampling: Vec<usize>,
     /// The side-by-side table's peers (none: no table).
@@ -212,6 +222,7 @@ impl Flags {
                 None if quick => Some(SMALL_TRAINING_SHAPE),
                 None => Some(TRAINING_SHAPE),
             },
+            attention: self.attention.map_or(Variant::ALL.to_vec(), |List(v)| v),
             sampling: match self.sampling {
                 Some(List(cols)) => cols,
                 None if quick => vec![QUICK_SAMPLING_COLS],
@@ -261,6 +272,18 @@ fn pairs(text: &str) -> Result<List<Pair>, String> {
 
 fn training_shape(text: &str) -> Result<List<Shape>, String> {
     none_or_one(text, Shape::parse)
+}
+
+/// `default` (every variant) or `none`: the variants are a fixed set, like
+/// the training passes, so that runs compare.
+fn attention_variants(text: &str) -> Result<List<Variant>, String> {
+    match text.trim() {
+        "default" => Ok(List(Variant::ALL.to_vec())),
+        "none" => Ok(List(Vec::new())),
+        other => Err(format!(
+            "unknown attention table {other:?}: expected default or none"
+        )),
+    }
 }
 
 fn row_lengths(text: &str) -> Result<List<usize>, String> {
@@ -402,6 +425,19 @@ mod tests {
         assert_eq!(shape("--quick --training none"), None);
         assert_eq!(shape("--training 8x100"), Some(Shape::new(8, 100)));
         assert!(Config::try_from("--training 0x4").is_err());
+    }
+
+    #[test]
+    fn attention_flag() {
+        let variants = |args| Config::try_from(args).unwrap().attention;
+        assert_eq!(variants(""), Variant::ALL);
+        assert_eq!(variants("--quick"), Variant::ALL);
+        assert_eq!(variants("--quick --attention none"), []);
+        assert_eq!(
+            variants("--attention none --attention default"),
+            Variant::ALL
+        );
+        assert!(Config::try_from("--attention causal").is_err());
     }
 
     #[test]

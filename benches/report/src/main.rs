@@ -26,9 +26,16 @@
 //! multiple of the forward softmax of the same row, and the full-sort sampler
 //! engines write as a multiple of each, all measured in the same run.
 //!
+//! A fifth table, "attention", measures the attention-score softmax
+//! (`AttentionSoftmax`, f32, scale 0.125) as LLM inference calls it: prefill
+//! 32×512×512 causal by position, with an f16 mask, with soft-cap and mask;
+//! decode 32×1×4096 with a padding mask; ALiBi with sinks 32×64×1024. It times
+//! each in turns with the forward softmax of the same rows and gives its
+//! throughput as a multiple of the softmax's.
+//!
 //! Every configuration is checked once against the crate's scalar ISA before it
 //! is timed (half-precision outputs within one unit in the last place of their
-//! type; training passes on a few rows). Results go to stdout as tables, progress to stderr, and files to
+//! type; training passes on a few rows; attention variants on every row). Results go to stdout as tables, progress to stderr, and files to
 //!
 //! Modules: `flags` (the command line), `machine` (CPU, caches, cores, build
 //! facts), `tables` (stdout), `output` (CSV, JSON, SVG files) and `run` (the

@@ -2,10 +2,14 @@
 //! buffers they run on, each checked once and timed, and the ratios against
 //! the yardsticks measured beside them.
 
+use crate::attention::{Attention, Variant};
 use crate::baselines::{copy_scale, naive_softmax};
 use crate::record::{Op, Record, Section};
 use crate::sampling::{self, Case, SamplingRow};
-use crate::timing::{measure, measure_whole_calls, seconds_of, Measurement, Slot, Timed};
+use crate::timing::{
+    measure, measure_whole_calls, measure_whole_calls_alternated, seconds_of, Measurement, Slot,
+    Timed,
+};
 use crate::training::{Pass, Training};
 use crate::workload::{
     logits, max_error, reference_softmax, scalar_reference, Dtype, Pair, Shape, Typed,
@@ -170,7 +174,7 @@ impl Workload {
                 softmax.log_softmax_rows(rows(), RowsMut::contiguous(y, cols).unwrap())
             }
             Op::LogSumExp(..) => softmax.logsumexp_rows(rows(), lse),
-            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime | Op::Candle => {
+            Op::Training(_) | Op::Sampling(_) | Op::Attention(_) | Op::OnnxRuntime | Op::Candle => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -247,7 +251,7 @@ impl Timed for OpRun<'_> {
             Op::Naive | Op::Softmax(..) => max_error(y, &reference.softmax[elements]),
             Op::LogSoftmax(..) => max_error(y, &reference.log_softmax[elements]),
             Op::LogSumExp(..) => max_error(&work.lse[0][..count], &reference.logsumexp[..count]),
-            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime | Op::Candle => {
+            Op::Training(_) | Op::Sampling(_) | Op::Attention(_) | Op::OnnxRuntime | Op::Candle => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -269,7 +273,7 @@ pub fn measure_group(
         let (isa, algorithm) = match op {
             Op::Softmax(i, a) | Op::LogSoftmax(i, a) | Op::LogSumExp(i, a) => (i, a),
             Op::Naive | Op::CopyScale => (Isa::Scalar, Algorithm::Auto),
-            Op::Training(_) | Op::Sampling(_) | Op::OnnxRuntime | Op::Candle => {
+            Op::Training(_) | Op::Sampling(_) | Op::Attention(_) | Op::OnnxRuntime | Op::Candle => {
                 unreachable!("those tables have their own workloads")
             }
         };
@@ -507,6 +511,61 @@ pub fn measure_training_shape(
             record.vs_forward = record.elements_per_s() / forward_rate;
         }
         records.extend(group);
+    }
+    records
+}
+
+// ---------------------------------------------------------------- attention
+
+/// The attention table for one variant: with every thread count, detected
+/// ISA, the variant and the forward softmax of the same rows are checked
+/// once (which also warms them up), then timed in turns, half the time each
+/// (the pair is one configuration of the budget); the variant's throughput ÷
+/// the softmax's.
+pub fn measure_attention_variant(
+    variant: Variant,
+    pools: &[Pool],
+    llc_bytes: usize,
+    (seconds, samples): (f64, usize),
+) -> Vec<Record> {
+    let mut work = Attention::new(variant);
+    let shape = Shape::new(work.rows(), work.keys());
+    let mut records = Vec::new();
+    for (threads, pool) in pools {
+        let softmax = best_softmax(pool);
+        let attention = variant.options(Isa::detect(), parallelism(pool));
+        let attention = attention.expect("the detected ISA is available");
+        let error = work.check(&attention, &softmax);
+        let timed_call = |which: usize| {
+            seconds_of(|| {
+                let result = match which {
+                    0 => work.call_softmax(&softmax),
+                    _ => work.call(&attention),
+                };
+                result.unwrap_or_else(|e| panic!("{} refused a valid call: {e}", variant.name()));
+            })
+        };
+        let [(forward_seconds, forward_calls), (seconds_per_call, calls_per_sample)] =
+            measure_whole_calls_alternated(timed_call, seconds / 2.0, samples);
+        let m = |seconds_per_call, calls_per_sample| Measurement {
+            block_rows: shape.rows,
+            error,
+            seconds_per_call,
+            samples,
+            calls_per_sample,
+        };
+        records.push(Record {
+            out_of_cache: out_of_cache(shape, llc_bytes),
+            vs_forward: forward_seconds / seconds_per_call,
+            forward: Some(m(forward_seconds, forward_calls)),
+            ..Record::new(
+                Section::Attention,
+                shape,
+                Op::Attention(variant),
+                *threads,
+                m(seconds_per_call, calls_per_sample),
+            )
+        });
     }
     records
 }

@@ -41,6 +41,7 @@ struct Row {
     time_vs_forward: f64,
     vs_full_sort: f64,
     vs_onnxruntime: f64,
+    forward_seconds_per_call: f64,
 }
 
 impl Row {
@@ -74,6 +75,7 @@ impl Row {
             time_vs_forward: 1.0 / r.vs_forward,
             vs_full_sort: r.vs_full_sort,
             vs_onnxruntime: r.vs_ort,
+            forward_seconds_per_call: r.forward.map_or(f64::NAN, |m| m.seconds_per_call),
         }
     }
 }
@@ -120,6 +122,7 @@ struct Settings {
     half_precision_pairs: Vec<String>,
     half_precision_shapes: Vec<String>,
     training_shape: Option<String>,
+    attention_variants: Vec<&'static str>,
     sampling_cols: Vec<usize>,
     /// The ONNX Runtime of the side-by-side table (none: no table).
     onnxruntime_version: Option<String>,
@@ -159,6 +162,7 @@ pub fn json(
                 .collect(),
             half_precision_shapes: config.half_shapes.iter().map(|s| s.to_string()).collect(),
             training_shape: config.training.map(|s| s.to_string()),
+            attention_variants: config.attention.iter().map(|v| v.name()).collect(),
             sampling_cols: config.sampling.clone(),
             onnxruntime_version: ort_version.map(str::to_string),
         },

@@ -1,6 +1,7 @@
 //! One result of the report: what was measured (the operation, its table, its
 //! element types), its measurement, and the ratios against its yardsticks.
 
+use crate::attention::{Variant, ATTENTION_TOLERANCE};
 use crate::sampling::Case;
 use crate::timing::Measurement;
 use crate::training::{Pass, TRAINING_TOLERANCE};
@@ -23,6 +24,8 @@ pub enum Op {
     Training(Pass),
     /// A case of the sampling table, on the detected ISA.
     Sampling(Case),
+    /// A variant of the attention table, on the detected ISA.
+    Attention(Variant),
 }
 
 impl Op {
@@ -37,6 +40,7 @@ impl Op {
             Op::LogSumExp(..) => "logsumexp",
             Op::Training(pass) => pass.name(),
             Op::Sampling(case) => case.name(),
+            Op::Attention(variant) => variant.name(),
         }
     }
 
@@ -45,7 +49,9 @@ impl Op {
             Op::Naive => "scalar".into(),
             Op::OnnxRuntime => "mlas".into(),
             Op::Candle => "scalar".into(),
-            Op::CopyScale | Op::Training(_) | Op::Sampling(_) => format!("{}", Isa::detect()),
+            Op::CopyScale | Op::Training(_) | Op::Sampling(_) | Op::Attention(_) => {
+                format!("{}", Isa::detect())
+            }
             Op::Softmax(isa, _) | Op::LogSoftmax(isa, _) | Op::LogSumExp(isa, _) => isa.to_string(),
         }
     }
@@ -58,7 +64,7 @@ impl Op {
             Op::Candle => "last-dim",
             Op::Softmax(_, a) | Op::LogSoftmax(_, a) | Op::LogSumExp(_, a) => a.name(),
             Op::Training(Pass::Forward) => Algorithm::Auto.name(),
-            Op::Training(_) => "-",
+            Op::Training(_) | Op::Attention(_) => "-",
             Op::Sampling(case) => case.method(),
         }
     }
@@ -75,6 +81,8 @@ pub enum Section {
     Training,
     /// Samplers on one f32 row beside its forward softmax and a full sort.
     Sampling,
+    /// Attention-score softmax variants beside the plain softmax of their rows, f32.
+    Attention,
     /// The crate beside ONNX Runtime, alternated on the same buffers.
     Peers,
 }
@@ -86,6 +94,7 @@ impl Section {
             Section::HalfPrecision => "half-precision",
             Section::Training => "training",
             Section::Sampling => "sampling",
+            Section::Attention => "attention",
             Section::Peers => "peers",
         }
     }
@@ -105,9 +114,14 @@ pub struct Record {
     pub elements: Pair,
     /// Half-precision table: throughput ÷ f32→f32's, same shape and threads.
     pub vs_f32: f64,
-    /// Training and sampling tables: throughput ÷ the forward softmax's, same
-    /// shape and threads (for a sampler, the softmax's time ÷ its time).
+    /// Training, sampling and attention tables: throughput ÷ the forward
+    /// softmax's, same shape and threads (for a sampler, the softmax's time ÷
+    /// its time).
     pub vs_forward: f64,
+    /// Attention table: the forward softmax of the same rows, timed in turns
+    /// with this op so the pair shares the machine's moments; its error is
+    /// also in `m.error`, which ok() reads.
+    pub forward: Option<Measurement>,
     /// Sampling table: the full-sort sampler's time ÷ this one's.
     pub vs_full_sort: f64,
     /// Side-by-side table: ONNX Runtime's time ÷ this one's, the median over
@@ -131,6 +145,7 @@ impl Record {
             elements: Pair::F32,
             vs_f32: f64::NAN,
             vs_forward: f64::NAN,
+            forward: None,
             vs_full_sort: f64::NAN,
             vs_ort: f64::NAN,
         }
@@ -162,6 +177,7 @@ impl Record {
     pub fn tolerance(&self) -> f64 {
         match self.op {
             Op::Training(_) => TRAINING_TOLERANCE,
+            Op::Attention(_) => ATTENTION_TOLERANCE,
             Op::Sampling(case) => case.tolerance(),
             _ => self.elements.output.tolerance(),
         }

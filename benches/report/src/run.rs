@@ -4,6 +4,7 @@
 use crate::flags::Config;
 use crate::machine::{busy_cores, Machine};
 use crate::{output, tables};
+use softmax_report::attention::Variant;
 use softmax_report::measure::{self, out_of_cache, thread_counts, Pool, Reference, Workload};
 use softmax_report::peers::{self, onnxruntime::Runtime};
 use softmax_report::record::{Op, Record};
@@ -53,6 +54,7 @@ pub fn run(config: &Config) -> Result<(), Failure> {
     // After the summary, which covers the f32 table only; the records join the files.
     run.half_table();
     run.training_table();
+    run.attention_table();
     run.sampling_table();
     run.finish()
 }
@@ -81,6 +83,11 @@ impl<'a> Run<'a> {
                     .map(|s| configurations_of(s, Pass::ALL.len())),
             )
             .sum::<usize>()
+            + config
+                .attention
+                .iter()
+                .map(|&v| configurations_of(attention_shape(v), 1))
+                .sum::<usize>()
             + config.sampling.len() * Case::ALL.len()
             + match config.peers.is_empty() {
                 true => 0,
@@ -257,6 +264,28 @@ impl<'a> Run<'a> {
         self.keep(group, tables::training_row);
     }
 
+    fn attention_table(&mut self) {
+        let variants = &self.config.attention;
+        if variants.is_empty() {
+            return;
+        }
+        tables::print_attention_header();
+        println!();
+        println!("{}", tables::ATTENTION_TABLE_HEADER);
+        for &variant in variants {
+            let pools = self.pools_for(attention_shape(variant));
+            self.progress("attention", variant.name().to_string(), pools.len());
+            let llc_bytes = self.machine.llc_bytes;
+            let group =
+                measure::measure_attention_variant(variant, &pools, llc_bytes, self.timing());
+            for record in group {
+                println!("{}", tables::attention_row(&record));
+                self.records.push(record);
+            }
+        }
+        println!();
+    }
+
     fn sampling_table(&mut self) {
         let config = self.config;
         if !config.sampling.is_empty() {
@@ -336,4 +365,11 @@ impl<'a> Run<'a> {
         }
         Err(Failure::Check)
     }
+}
+
+/// The rows × keys an attention variant's calls cover: what its thread
+/// counts and its share of the time budget go by.
+fn attention_shape(variant: Variant) -> Shape {
+    let [batch, heads, queries, keys] = variant.dims();
+    Shape::new(batch * heads * queries, keys)
 }

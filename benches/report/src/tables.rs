@@ -4,6 +4,9 @@
 use crate::flags::Config;
 use crate::machine::{isa_names, Machine, BUILD_PROFILE, BUILD_TARGET, BUILD_TARGET_FEATURES};
 use softmax::{Algorithm, Isa};
+use softmax_report::attention::{
+    ALIBI_MAX_BIAS, ATTENTION_TOLERANCE, PADDING_KEYS, SCALE, SCORE_RANGE, SOFT_CAP,
+};
 use softmax_report::peers::onnxruntime::Runtime;
 use softmax_report::record::{Op, Record, Section};
 use softmax_report::sampling::{self, Case};
@@ -30,6 +33,7 @@ pub fn table_row(r: &Record) -> String {
         Section::Training => return training_row(r),
         Section::Sampling => return sampling_row(r, None),
         Section::Peers => return peers_row(r),
+        Section::Attention => return attention_row(r),
         Section::Main => {}
     }
     format!(
@@ -163,6 +167,65 @@ pub fn print_training_header(shape: Shape) {
          the first two and last two rows vs the scalar ISA: max|Δ| is |Δ| / the row's largest |ref| \
          (row losses: / max(1,|ref|)) ≤ {TRAINING_TOLERANCE:e}"
     );
+}
+
+pub const ATTENTION_TABLE_HEADER: &str =
+    "variant              heads×q×keys    cache  thr  softmax µs  Gelem/s  attention µs  Gelem/s  ×softmax  target         max|Δ|";
+
+pub fn attention_row(r: &Record) -> String {
+    let Op::Attention(variant) = r.op else {
+        unreachable!("the attention table holds attention variants only")
+    };
+    let [_, heads, queries, keys] = variant.dims();
+    let target = match variant.target() {
+        Some(t) if r.vs_forward >= t => format!("≥{t:.2} met"),
+        Some(t) => format!("≥{t:.2} missed"),
+        None => String::new(),
+    };
+    let forward_seconds = r.forward.map_or(f64::NAN, |m| m.seconds_per_call);
+    format!(
+        "{:<20} {:<15} {:<5} {:>4} {:>11.1} {:>8.3} {:>13.1} {:>8.3} {:>9.2}  {:<12} {:>8} {}",
+        variant.name(),
+        format!("{heads}x{queries}x{keys}"),
+        if r.out_of_cache { "out" } else { "in" },
+        r.threads,
+        forward_seconds * 1e6,
+        r.shape.elements() as f64 / forward_seconds / 1e9,
+        r.m.seconds_per_call * 1e6,
+        r.gelem(),
+        r.vs_forward,
+        target,
+        error_text(r.m.error),
+        if r.ok() { "✓" } else { "✗" }
+    )
+}
+
+/// What the attention table measured and how to read it.
+pub fn print_attention_header() {
+    println!(
+        "attention: AttentionSoftmax::softmax, f32 scores in and out, scale {SCALE}, {} (the detected ISA), whole calls",
+        Isa::detect()
+    );
+    println!("  variants   prefill causal: with_causal (a square block); f16 mask: the same pattern as an");
+    println!("             f16 additive mask [1,1,512,512], broadcast over heads; cap+mask: that and soft-cap {SOFT_CAP}");
+    println!("             decode f16 pad mask: one query, mask [1,1,1,4096] with the last {PADDING_KEYS} keys −inf");
+    println!(
+        "             alibi+sinks: ALiBi max bias {ALIBI_MAX_BIAS} times an f16 mask −|p−j| [1,1,64,1024], one sink logit per head"
+    );
+    println!("  scores     uniform in ±{SCORE_RANGE} (±{LOGIT_RANGE} once scaled); sinks uniform in ±{LOGIT_RANGE}");
+    println!(
+        "  softmax    softmax_rows of the same scores (no scale, no mask), auto, same threads: the yardstick"
+    );
+    println!(
+        "  ×softmax   Gelem/s ÷ the softmax's (every score counted, hidden ones too) in this run; targets: \
+         f16 masks ≥ 0.85 (an extra read), causal ≥ 1/0.6 (time ≤ 0.6×), cap+mask ≥ 0.6"
+    );
+    println!("  timing     median of the samples, the variant and the softmax taking turns sample by sample");
+    println!(
+        "  check      every output written; every row of the variant and the softmax's first two and last \
+         two rows vs the scalar ISA: max|Δ| is |Δ| / the row's largest |ref| ≤ {ATTENTION_TOLERANCE:e}"
+    );
+    println!("  ggml's soft_max_ext: not measured (no ggml build in the report)");
 }
 
 pub const SAMPLING_TABLE_HEADER: &str =

@@ -128,13 +128,28 @@ pub fn measure_whole_calls(
     seconds: f64,
     samples: usize,
 ) -> (f64, usize) {
-    let one_call = call();
-    let calls_per_sample = ((seconds / samples as f64 / one_call) as usize).max(1);
-    let mut per_call: Vec<f64> = (0..samples)
-        .map(|_| {
-            let sample: f64 = (0..calls_per_sample).map(|_| call()).sum();
-            sample / calls_per_sample as f64
-        })
-        .collect();
-    (median(&mut per_call), calls_per_sample)
+    let [timing] = measure_whole_calls_alternated(|_| call(), seconds, samples);
+    timing
+}
+
+/// As [`measure_whole_calls`] for `N` calls measured against each other
+/// (`call(i)` is the i-th): their samples take turns, so whatever slows the
+/// machine for a while (another process, the clock) slows them alike.
+pub fn measure_whole_calls_alternated<const N: usize>(
+    mut call: impl FnMut(usize) -> f64,
+    seconds: f64,
+    samples: usize,
+) -> [(f64, usize); N] {
+    let calls_per_sample: [usize; N] = std::array::from_fn(|i| {
+        let one_call = call(i);
+        ((seconds / samples as f64 / one_call) as usize).max(1)
+    });
+    let mut per_call: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(samples));
+    for _ in 0..samples {
+        for (i, &calls) in calls_per_sample.iter().enumerate() {
+            let sample: f64 = (0..calls).map(|_| call(i)).sum();
+            per_call[i].push(sample / calls as f64);
+        }
+    }
+    std::array::from_fn(|i| (median(&mut per_call[i]), calls_per_sample[i]))
 }

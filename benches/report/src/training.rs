@@ -103,7 +103,7 @@ pub struct Training {
 }
 
 /// Uniform in ±range, reproducible: xorshift64* seeded per row, rows in parallel.
-fn uniform(rows: usize, cols: usize, seed: u64, range: f32) -> Vec<f32> {
+pub(crate) fn uniform(rows: usize, cols: usize, seed: u64, range: f32) -> Vec<f32> {
     let mut values = vec![0.0f32; rows * cols];
     values
         .par_chunks_mut(cols)
@@ -125,7 +125,7 @@ fn whole_rows_mut(v: &mut [f32], cols: usize) -> RowsMut<'_, f32> {
     RowsMut::contiguous(v, cols).expect("whole rows")
 }
 
-fn scalar_softmax() -> Softmax {
+pub(crate) fn scalar_softmax() -> Softmax {
     Softmax::new()
         .with_isa(Isa::Scalar)
         .expect("the scalar ISA is always available")
@@ -134,7 +134,7 @@ fn scalar_softmax() -> Softmax {
 }
 
 /// max |got − want| / max |want| over a row (1 if the row is all zeros); infinite on NaN.
-fn row_error(got: &[f32], want: &[f32]) -> f64 {
+pub(crate) fn row_error(got: &[f32], want: &[f32]) -> f64 {
     let scale = want.iter().fold(0.0f64, |m, &w| m.max((w as f64).abs()));
     let scale = if scale > 0.0 { scale } else { 1.0 };
     let mut worst = 0.0f64;
