@@ -32,7 +32,7 @@ use crate::arch::{Arch, F32s};
 use crate::backward::{Dot, SoftmaxGrad, Sum};
 use crate::exp::CUTOFF;
 use crate::exp_sum::ExpSum;
-use crate::forward::{classify, may_fall_below, stored_floor, Special};
+use crate::forward::{classify, may_fall_below, softmax_any, stored_floor, Special};
 use crate::loops::{
     chunks, map_or_update, map_or_update_pair, read, read_pair, run_pair, run_short,
     run_short_ahead, write, Io, Kernel, NextRow, PairIo, Stage, CHUNK,
@@ -687,10 +687,22 @@ fn attention_row<A: Arch>(
     (lo, hi): (usize, usize),
     sink: f32,
     next: NextRow,
+    plain: Option<f32>,
 ) {
     let n = y.len();
     if sink.is_nan() {
         return write(arch, None, y, st, &mut Map(Fill(f32::NAN)));
+    }
+    if let Some(s) = plain {
+        // softmax(s·x) over the visible keys is the plain softmax at t = 1/s.
+        zero(y.reborrow().into_slice(0..lo));
+        zero(y.reborrow().into_slice(hi..n));
+        let xv = match x {
+            Some(x) => Some(x.slice(lo..hi)),
+            None => None,
+        };
+        let exps = &mut v_space[..if y.kind() == Kind::F32 { 0 } else { hi - lo }];
+        return softmax_any(arch, st, s, xv, y.into_slice(lo..hi), exps, next);
     }
     // The visible keys, run on to the end of their last vector where the row
     // allows (see `logits_pass`); the rest is 0.
@@ -784,6 +796,17 @@ impl Job for AttentionForward<'_> {
         }
         let keys = layout.keys();
         let base = layout.offset(y.first);
+        // Rows with nothing between the scale and the softmax but hidden
+        // positions take the plain softmax's passes at t = 1/s: the logits
+        // need no pass (or store) of their own. Only for 0 < s ≤ 1, where
+        // s·x cannot overflow, so the rows' special values are the same.
+        let plain = match logit {
+            Logit::Scaled(s) if s > 0.0 && s <= 1.0 => {
+                let bias = mask.is_some() || (alibi_on == AlibiOn::Distance && slopes.is_some());
+                (!bias && sinks.is_none()).then_some(s)
+            }
+            _ => None,
+        };
         let mut ahead = layout.walk(y.first).take(y.rows).skip(1);
         for (b, h, q) in layout.walk(y.first).take(y.rows) {
             // The next row's scores, asked for while this row's exps run:
@@ -832,7 +855,7 @@ impl Job for AttentionForward<'_> {
             let (st, bufs) = (&mut stage, &mut bufs);
             let span = (lo, hi);
             attention_row(
-                arch, st, bufs, v_space, logit, xr, yr, bias, span, sink, next,
+                arch, st, bufs, v_space, logit, xr, yr, bias, span, sink, next, plain,
             );
         }
     }

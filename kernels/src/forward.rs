@@ -521,7 +521,7 @@ fn softmax_f32<A: Arch>(
 /// The three-pass softmax of a row of any kinds: in registers when it is short
 /// enough, else through memory.
 #[inline(always)]
-fn softmax_any<A: Arch>(
+pub(crate) fn softmax_any<A: Arch>(
     arch: A,
     st: &mut Stage<'_>,
     inv_t: f32,
