@@ -309,8 +309,8 @@ impl AttentionSoftmax {
     }
 
     /// Caps the scaled scores at ±cap: v = cap · tanh(s·x / cap) (Gemma 2's
-    /// 50 on attention, Grok's 30). `cap` finite and > 0, with s/cap finite
-    /// and nonzero.
+    /// 50 on attention, Grok's 30). `cap` finite and > 0, with 2·s/cap
+    /// finite (a scale set later is checked against the cap too).
     pub fn with_soft_cap(mut self, cap: f32) -> Result<Self, Error> {
         self.soft_cap = Some(cap);
         self.logit()?;

@@ -197,6 +197,7 @@ pub enum MaskData<'a> {
 }
 
 impl<'a> MaskData<'a> {
+    #[inline(always)]
     fn slice(self, range: core::ops::Range<usize>) -> Self {
         match self {
             MaskData::Additive(m) => MaskData::Additive(m.slice(range)),
@@ -741,6 +742,7 @@ fn attention_row<A: Arch>(
 
 impl AttentionForward<'_> {
     /// (stage, widened scores chunk, bias chunk, logits row) scratch lengths.
+    #[inline(always)]
     fn scratch_parts(&self) -> (usize, usize, usize, usize) {
         let out = self.y.data.kind();
         let input = self.x.as_ref().map_or(out, |x| x.data.kind());
@@ -807,11 +809,16 @@ impl Job for AttentionForward<'_> {
             }
             _ => None,
         };
-        let mut ahead = layout.walk(y.first).take(y.rows).skip(1);
-        for (b, h, q) in layout.walk(y.first).take(y.rows) {
+        let mut ahead = layout.walk(y.first);
+        ahead.next();
+        for (i, (b, h, q)) in layout.walk(y.first).take(y.rows).enumerate() {
             // The next row's scores, asked for while this row's exps run:
             // rows beyond the cache would otherwise each wait for memory.
-            let next = match (ahead.next(), &x, &y.data) {
+            let following = match (ahead.next(), i + 1 < y.rows) {
+                (Some(r), true) => Some(r),
+                _ => None,
+            };
+            let next = match (following, &x, &y.data) {
                 (Some(r), Some(x), _) => match x.row(r) {
                     AnySlice::F32(row) => NextRow::of(row),
                     _ => NextRow::NONE,
