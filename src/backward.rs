@@ -1,15 +1,35 @@
 //! Backward passes: the vector–Jacobian products of softmax and log-softmax,
-//! and the softmax Jacobian.
+//! and the softmax Jacobian; under a soft-cap, through it, from the logits.
 
 use crate::batch;
 use crate::rows::{same_len, same_shape};
 use crate::{Element, Error, Rows, RowsMut, Softmax};
-use softmax_kernels::{Backward, Jacobian, Output, Strided, StridedMut};
+use softmax_kernels::{Backward, Jacobian, Output, SoftCap, Strided, StridedMut};
+
+/// A slice as a batch of one row.
+fn one_row<T: Element>(row: &[T]) -> Strided<'_> {
+    let n = row.len();
+    Strided::new(T::any(row), 1, n, n)
+}
 
 impl Softmax {
+    /// The cap and its logits, as the kernels take them: `x` is required
+    /// under a cap and ignored without one.
+    fn cap_with<'a>(
+        &self,
+        x: Option<Strided<'a>>,
+    ) -> Result<Option<(SoftCap, Strided<'a>)>, Error> {
+        match (self.kernel_soft_cap(), x) {
+            (None, _) => Ok(None),
+            (Some(cap), Some(x)) => Ok(Some((cap, x))),
+            (Some(_), None) => Err(Error::LogitsRequired),
+        }
+    }
+
     fn backward(
         &self,
         output: Output,
+        x: Option<Strided<'_>>,
         y: Strided<'_>,
         g: Option<Strided<'_>>,
         dx: StridedMut<'_>,
@@ -18,6 +38,7 @@ impl Softmax {
         let job = Backward {
             output,
             temperature: self.temperature,
+            cap: self.cap_with(x)?,
             y,
             g,
             dx,
@@ -29,33 +50,34 @@ impl Softmax {
     fn backward_row<T: Element>(
         &self,
         output: Output,
+        x: Option<&[T]>,
         y: &[T],
         g: Option<&[T]>,
         dx: &mut [T],
     ) -> Result<(), Error> {
         same_len(y.len(), dx.len())?;
-        if let Some(g) = g {
-            same_len(g.len(), dx.len())?;
+        for row in [x, g].into_iter().flatten() {
+            same_len(row.len(), dx.len())?;
         }
         let n = y.len();
-        let y = Strided::new(T::any(y), 1, n, n);
-        let g = g.map(|g| Strided::new(T::any(g), 1, n, n));
-        self.backward(output, y, g, StridedMut::new(T::any_mut(dx), 1, n, n))
+        let (x, y, g) = (x.map(one_row), one_row(y), g.map(one_row));
+        self.backward(output, x, y, g, StridedMut::new(T::any_mut(dx), 1, n, n))
     }
 
     fn backward_rows<T: Element>(
         &self,
         output: Output,
+        x: Option<Rows<'_, T>>,
         y: Rows<'_, T>,
         g: Option<Rows<'_, T>>,
         dx: RowsMut<'_, T>,
     ) -> Result<(), Error> {
         same_shape((y.rows, y.cols), (dx.rows, dx.cols))?;
-        if let Some(g) = &g {
-            same_shape((g.rows, g.cols), (dx.rows, dx.cols))?;
+        for rows in [&x, &g].into_iter().flatten() {
+            same_shape((rows.rows, rows.cols), (dx.rows, dx.cols))?;
         }
-        let g = g.map(|g| g.kernel_view());
-        self.backward(output, y.kernel_view(), g, dx.into_kernel_view())
+        let (x, g) = (x.map(|x| x.kernel_view()), g.map(|g| g.kernel_view()));
+        self.backward(output, x, y.kernel_view(), g, dx.into_kernel_view())
     }
 
     /// dx = y ⊙ (g − ⟨g, y⟩) / t: the gradient through y = softmax(x / t), from
@@ -66,12 +88,12 @@ impl Softmax {
         g: &[T],
         dx: &mut [T],
     ) -> Result<(), Error> {
-        self.backward_row(Output::Softmax, y, Some(g), dx)
+        self.backward_row(Output::Softmax, None, y, Some(g), dx)
     }
 
     /// g ← y ⊙ (g − ⟨g, y⟩) / t.
     pub fn softmax_backward_in_place<T: Element>(&self, y: &[T], g: &mut [T]) -> Result<(), Error> {
-        self.backward_row(Output::Softmax, y, None, g)
+        self.backward_row(Output::Softmax, None, y, None, g)
     }
 
     /// dx = (g − exp(y) · Σg) / t: the gradient through y = log-softmax(x / t),
@@ -82,7 +104,7 @@ impl Softmax {
         g: &[T],
         dx: &mut [T],
     ) -> Result<(), Error> {
-        self.backward_row(Output::LogSoftmax, y, Some(g), dx)
+        self.backward_row(Output::LogSoftmax, None, y, Some(g), dx)
     }
 
     /// g ← (g − exp(y) · Σg) / t.
@@ -91,7 +113,7 @@ impl Softmax {
         y: &[T],
         g: &mut [T],
     ) -> Result<(), Error> {
-        self.backward_row(Output::LogSoftmax, y, None, g)
+        self.backward_row(Output::LogSoftmax, None, y, None, g)
     }
 
     /// [`Softmax::softmax_backward`] of each row.
@@ -101,7 +123,7 @@ impl Softmax {
         g: Rows<'_, T>,
         dx: RowsMut<'_, T>,
     ) -> Result<(), Error> {
-        self.backward_rows(Output::Softmax, y, Some(g), dx)
+        self.backward_rows(Output::Softmax, None, y, Some(g), dx)
     }
 
     /// [`Softmax::softmax_backward_in_place`] of each row: `g` becomes dx.
@@ -110,7 +132,7 @@ impl Softmax {
         y: Rows<'_, T>,
         g: RowsMut<'_, T>,
     ) -> Result<(), Error> {
-        self.backward_rows(Output::Softmax, y, None, g)
+        self.backward_rows(Output::Softmax, None, y, None, g)
     }
 
     /// [`Softmax::log_softmax_backward`] of each row.
@@ -120,7 +142,7 @@ impl Softmax {
         g: Rows<'_, T>,
         dx: RowsMut<'_, T>,
     ) -> Result<(), Error> {
-        self.backward_rows(Output::LogSoftmax, y, Some(g), dx)
+        self.backward_rows(Output::LogSoftmax, None, y, Some(g), dx)
     }
 
     /// [`Softmax::log_softmax_backward_in_place`] of each row: `g` becomes dx.
@@ -129,7 +151,95 @@ impl Softmax {
         y: Rows<'_, T>,
         g: RowsMut<'_, T>,
     ) -> Result<(), Error> {
-        self.backward_rows(Output::LogSoftmax, y, None, g)
+        self.backward_rows(Output::LogSoftmax, None, y, None, g)
+    }
+
+    /// [`Softmax::softmax_backward`] under a soft-cap: dx = y ⊙ (g − ⟨g, y⟩) / t
+    /// ⊙ (1 − tanh²(x / c)), reading the logits `x` the forward pass took
+    /// (without a cap `x` is checked for length and not read). The methods
+    /// without logits return [`Error::LogitsRequired`] under a cap.
+    pub fn softmax_backward_with_logits<T: Element>(
+        &self,
+        x: &[T],
+        y: &[T],
+        g: &[T],
+        dx: &mut [T],
+    ) -> Result<(), Error> {
+        self.backward_row(Output::Softmax, Some(x), y, Some(g), dx)
+    }
+
+    /// [`Softmax::softmax_backward_with_logits`] in place: g becomes dx.
+    pub fn softmax_backward_with_logits_in_place<T: Element>(
+        &self,
+        x: &[T],
+        y: &[T],
+        g: &mut [T],
+    ) -> Result<(), Error> {
+        self.backward_row(Output::Softmax, Some(x), y, None, g)
+    }
+
+    /// [`Softmax::log_softmax_backward`] under a soft-cap: dx = (g − exp(y) · Σg)
+    /// / t ⊙ (1 − tanh²(x / c)), reading the logits `x`.
+    pub fn log_softmax_backward_with_logits<T: Element>(
+        &self,
+        x: &[T],
+        y: &[T],
+        g: &[T],
+        dx: &mut [T],
+    ) -> Result<(), Error> {
+        self.backward_row(Output::LogSoftmax, Some(x), y, Some(g), dx)
+    }
+
+    /// [`Softmax::log_softmax_backward_with_logits`] in place: g becomes dx.
+    pub fn log_softmax_backward_with_logits_in_place<T: Element>(
+        &self,
+        x: &[T],
+        y: &[T],
+        g: &mut [T],
+    ) -> Result<(), Error> {
+        self.backward_row(Output::LogSoftmax, Some(x), y, None, g)
+    }
+
+    /// [`Softmax::softmax_backward_with_logits`] of each row.
+    pub fn softmax_backward_rows_with_logits<T: Element>(
+        &self,
+        x: Rows<'_, T>,
+        y: Rows<'_, T>,
+        g: Rows<'_, T>,
+        dx: RowsMut<'_, T>,
+    ) -> Result<(), Error> {
+        self.backward_rows(Output::Softmax, Some(x), y, Some(g), dx)
+    }
+
+    /// [`Softmax::softmax_backward_with_logits_in_place`] of each row.
+    pub fn softmax_backward_rows_with_logits_in_place<T: Element>(
+        &self,
+        x: Rows<'_, T>,
+        y: Rows<'_, T>,
+        g: RowsMut<'_, T>,
+    ) -> Result<(), Error> {
+        self.backward_rows(Output::Softmax, Some(x), y, None, g)
+    }
+
+    /// [`Softmax::log_softmax_backward_with_logits`] of each row.
+    pub fn log_softmax_backward_rows_with_logits<T: Element>(
+        &self,
+        x: Rows<'_, T>,
+        y: Rows<'_, T>,
+        g: Rows<'_, T>,
+        dx: RowsMut<'_, T>,
+    ) -> Result<(), Error> {
+        self.backward_rows(Output::LogSoftmax, Some(x), y, Some(g), dx)
+    }
+
+    /// [`Softmax::log_softmax_backward_with_logits_in_place`] of each row.
+    pub fn log_softmax_backward_rows_with_logits_in_place<T: Element>(
+        &self,
+        x: Rows<'_, T>,
+        y: Rows<'_, T>,
+        g: RowsMut<'_, T>,
+    ) -> Result<(), Error> {
+        self.backward_rows(Output::LogSoftmax, Some(x), y, None, g)
     }
 
     /// The Jacobian ∂y/∂x = (diag(y) − y yᵀ) / t of y = softmax(x / t), from
@@ -140,7 +250,33 @@ impl Softmax {
         y: &[T],
         jacobian: &mut [O],
     ) -> Result<(), Error> {
+        self.jacobian(None, y, jacobian)
+    }
+
+    /// [`Softmax::softmax_jacobian`] under a soft-cap: (diag(y) − y yᵀ) / t ·
+    /// diag(1 − tanh²(x / c)), reading the logits `x` (as long as `y`).
+    pub fn softmax_jacobian_with_logits<T: Element, O: Element>(
+        &self,
+        x: &[T],
+        y: &[T],
+        jacobian: &mut [O],
+    ) -> Result<(), Error> {
+        same_len(x.len(), y.len())?;
+        self.jacobian(Some(x), y, jacobian)
+    }
+
+    fn jacobian<T: Element, O: Element>(
+        &self,
+        x: Option<&[T]>,
+        y: &[T],
+        jacobian: &mut [O],
+    ) -> Result<(), Error> {
         let k = y.len();
+        let cap = match (self.kernel_soft_cap(), x) {
+            (None, _) => None,
+            (Some(cap), Some(x)) => Some((cap, T::any(x))),
+            (Some(_), None) => return Err(Error::LogitsRequired),
+        };
         let required = k
             .checked_mul(k)
             .ok_or(Error::ShapeOverflow { rows: k, stride: k })?;
@@ -152,6 +288,7 @@ impl Softmax {
         }
         let job = Jacobian {
             temperature: self.temperature,
+            cap,
             y: T::any(y),
             out: O::any_mut(jacobian),
         };

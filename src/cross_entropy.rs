@@ -56,8 +56,8 @@ label!(i32 => I32, i64 => I64, u32 => U32, u64 => U64, usize => Usize);
 /// The default ignore index (as in PyTorch).
 pub const DEFAULT_IGNORE_INDEX: i64 = -100;
 
-/// Cross-entropy options: temperature, ignore index, label smoothing, class
-/// weights, reduction, ISA and parallelism. Cheap to clone; borrows the weights.
+/// Cross-entropy options: temperature, soft-cap, ignore index, label
+/// smoothing, class weights, reduction, ISA and parallelism. Cheap to clone; borrows the weights.
 #[derive(Clone, Debug)]
 pub struct CrossEntropy<'w> {
     softmax: Softmax,
@@ -96,6 +96,16 @@ impl<'w> CrossEntropy<'w> {
     /// `t` must be finite and at least `f32::MIN_POSITIVE`.
     pub fn with_temperature(mut self, t: f32) -> Result<Self, Error> {
         self.softmax = self.softmax.with_temperature(t)?;
+        Ok(self)
+    }
+
+    /// Scores softmax(v / t) with v = c · tanh(x / c), the logits soft-capped
+    /// (Gemma 2's 30); the gradient with respect to x carries 1 − tanh²(x / c).
+    /// The checks and the special values of [`Softmax::with_soft_cap`]. Each
+    /// row is capped into working space once (with the cap's slope beside it
+    /// when there is a gradient), then scored as without a cap.
+    pub fn with_soft_cap(mut self, c: f32) -> Result<Self, Error> {
+        self.softmax = self.softmax.with_soft_cap(c)?;
         Ok(self)
     }
 
@@ -169,6 +179,10 @@ impl<'w> CrossEntropy<'w> {
     /// The temperature t.
     pub fn temperature(&self) -> f32 {
         self.softmax.temperature()
+    }
+    /// The soft-cap c, if any.
+    pub fn soft_cap(&self) -> Option<f32> {
+        self.softmax.soft_cap()
     }
     /// The ISA the rows run on.
     pub fn isa(&self) -> Isa {
@@ -312,6 +326,7 @@ impl<'w> CrossEntropy<'w> {
                 None => cols as f64,
             },
             grad_scale,
+            cap: self.softmax.kernel_soft_cap(),
         };
         let job = softmax_kernels::CrossEntropy {
             options,

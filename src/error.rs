@@ -185,6 +185,16 @@ pub enum Error {
     },
     /// The backward pass of a soft-capped softmax needs the raw scores.
     ScoresRequired,
+    /// A soft-cap c that is not finite and > 0, or with 2/c or c/t not finite.
+    InvalidSoftCap {
+        /// The cap c.
+        cap: f32,
+        /// The temperature t it is combined with.
+        temperature: f32,
+    },
+    /// The backward pass or the Jacobian of a soft-capped softmax, asked for
+    /// without the logits (the `…_with_logits` methods take them).
+    LogitsRequired,
     /// More top log-probabilities asked for than the row has tokens.
     TooManyLogprobs {
         /// Pairs asked for.
@@ -319,6 +329,14 @@ impl fmt::Display for Error {
             Error::ScoresRequired => write!(
                 f,
                 "the backward pass of a soft-capped softmax needs the raw scores; pass them"
+            ),
+            Error::InvalidSoftCap { cap, temperature } => write!(
+                f,
+                "soft-cap {cap} is invalid at temperature {temperature}; expected a finite cap > 0 with 2 / cap and cap / temperature finite"
+            ),
+            Error::LogitsRequired => write!(
+                f,
+                "the backward pass of a soft-capped softmax needs the logits x (the slope of the cap reads them); use the …_with_logits methods"
             ),
             Error::IsaUnavailable(isa) => write!(
                 f,

@@ -6,8 +6,8 @@ use crate::rows::{output_len, same_len, same_shape};
 use crate::{Element, Error, Isa, Rows, RowsMut};
 use rayon::ThreadPool;
 use softmax_kernels::{
-    AnySlice, AnySliceMut, Forward, LogSumExp, Method, Output, RowSoftmax, ShortSoftmax, Strided,
-    StridedMut, Temperature, SHORT_ROW, SHORT_ROW_VECTORS,
+    AnySlice, AnySliceMut, Forward, LogSumExp, Method, Output, RowSoftmax, ShortSoftmax, SoftCap,
+    Strided, StridedMut, Temperature, SHORT_ROW, SHORT_ROW_VECTORS,
 };
 use std::sync::Arc;
 
@@ -61,10 +61,26 @@ impl Algorithm {
 /// length measured, 2^18 to 2^26 columns (see the CHANGELOG).
 pub const AUTO_ONLINE_FROM_COLS: usize = 1 << 22;
 
-/// Softmax options: temperature, ISA, algorithm, parallelism. Cheap to clone.
+/// The soft-cap c·tanh(x/c) followed by the temperature, v = (c/t)·tanh(x/c),
+/// as kernel constants; an error unless c is finite and > 0 with 2/c and c/t finite.
+pub(crate) fn fold_soft_cap(c: f32, t: f32) -> Result<SoftCap, Error> {
+    let k = 1.0 / c;
+    let scaled = (c as f64 / t as f64) as f32;
+    let ok = c.is_finite() && c > 0.0 && (2.0 * k).is_finite() && scaled.is_finite();
+    match ok {
+        true => Ok(SoftCap::new(k, scaled)),
+        false => Err(Error::InvalidSoftCap {
+            cap: c,
+            temperature: t,
+        }),
+    }
+}
+
+/// Softmax options: temperature, soft-cap, ISA, algorithm, parallelism. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Softmax {
     pub(crate) temperature: Temperature,
+    soft_cap: Option<f32>,
     pub(crate) isa: Isa,
     algorithm: Algorithm,
     pub(crate) parallelism: Parallelism,
@@ -77,10 +93,12 @@ impl Default for Softmax {
 }
 
 impl Softmax {
-    /// Temperature 1, the best ISA of this CPU, `Algorithm::Auto`, `Parallelism::Auto`.
+    /// Temperature 1, no soft-cap, the best ISA of this CPU, `Algorithm::Auto`,
+    /// `Parallelism::Auto`.
     pub fn new() -> Self {
         Self {
             temperature: Temperature::default(),
+            soft_cap: None,
             isa: Isa::detect(),
             algorithm: Algorithm::Auto,
             parallelism: Parallelism::Auto,
@@ -93,7 +111,24 @@ impl Softmax {
         if !(t.is_finite() && t >= f32::MIN_POSITIVE) {
             return Err(Error::InvalidTemperature(t));
         }
+        if let Some(c) = self.soft_cap {
+            fold_soft_cap(c, t)?;
+        }
         self.temperature = Temperature::new(t);
+        Ok(self)
+    }
+
+    /// Caps the logits before the temperature: softmax(v / t) with
+    /// v = c · tanh(x / c) (Gemma 2's final-logit cap of 30). `c` must be
+    /// finite and positive, with 2/c and c/t finite (a temperature set later
+    /// is checked against the cap too). A −inf logit stays −inf (a hidden class keeps
+    /// probability 0), +inf becomes c. Each row is capped once into working
+    /// space (into the output when it is f32), then takes the algorithm's
+    /// passes. The backward passes and the Jacobian then need the logits:
+    /// the `…_with_logits` methods.
+    pub fn with_soft_cap(mut self, c: f32) -> Result<Self, Error> {
+        fold_soft_cap(c, self.temperature.get())?;
+        self.soft_cap = Some(c);
         Ok(self)
     }
 
@@ -127,6 +162,27 @@ impl Softmax {
     pub fn temperature(&self) -> f32 {
         self.temperature.get()
     }
+    /// The soft-cap c, if any.
+    pub fn soft_cap(&self) -> Option<f32> {
+        self.soft_cap
+    }
+
+    /// The cap with the temperature folded in, as the kernels take it: the
+    /// hook through which the tests run capped rows on the emulated tokens.
+    #[doc(hidden)]
+    pub fn kernel_soft_cap(&self) -> Option<SoftCap> {
+        let c = self.soft_cap?;
+        // Checked when the cap or the temperature was set.
+        fold_soft_cap(c, self.temperature.get()).ok()
+    }
+
+    /// The temperature the kernels apply: 1 under a cap, which carries 1/t.
+    fn kernel_temperature(&self) -> Temperature {
+        match self.soft_cap {
+            Some(_) => Temperature::default(),
+            None => self.temperature,
+        }
+    }
     /// The ISA the rows run on.
     pub fn isa(&self) -> Isa {
         self.isa
@@ -145,7 +201,8 @@ impl Softmax {
         let job = Forward {
             output,
             method: self.algorithm.method(cols),
-            temperature: self.temperature,
+            temperature: self.kernel_temperature(),
+            cap: self.kernel_soft_cap(),
             x,
             y,
         };
@@ -156,13 +213,17 @@ impl Softmax {
     /// in registers (f32 in and out).
     fn resident_row(&self, output: Output, n: usize) -> bool {
         output == Output::Softmax
+            && self.soft_cap.is_none()
             && n <= SHORT_ROW_VECTORS * self.isa.lanes()
             && self.algorithm.method(n) == Method::ThreePass
     }
 
     /// Whether a softmax row of `n` elements may take [`RowSoftmax`] (f32 in and out).
     fn short_row(&self, output: Output, n: usize) -> bool {
-        output == Output::Softmax && n <= SHORT_ROW && self.algorithm.method(n) == Method::ThreePass
+        output == Output::Softmax
+            && self.soft_cap.is_none()
+            && n <= SHORT_ROW
+            && self.algorithm.method(n) == Method::ThreePass
     }
 
     /// Runs a short f32 softmax row in registers; `false` where it needs
@@ -249,13 +310,15 @@ impl Softmax {
         self.forward_row_in_place(Output::LogSoftmax, x)
     }
 
-    /// t · ln Σ exp(x / t): the smooth maximum (→ max x as t → 0); -inf for an empty row.
+    /// t · ln Σ exp(x / t): the smooth maximum (→ max x as t → 0); -inf for an
+    /// empty row. Under a soft-cap, t · ln Σ exp(v / t).
     pub fn logsumexp<T: Element>(&self, x: &[T]) -> Result<f32, Error> {
         let n = x.len();
         let mut out = [0.0f32];
         let job = LogSumExp {
             method: self.algorithm.method(n),
             temperature: self.temperature,
+            cap: self.kernel_soft_cap(),
             x: Strided::new(T::any(x), 1, n, n),
             out: AnySliceMut::F32(&mut out),
         };
@@ -305,6 +368,7 @@ impl Softmax {
         let job = LogSumExp {
             method: self.algorithm.method(cols),
             temperature: self.temperature,
+            cap: self.kernel_soft_cap(),
             x: x.kernel_view(),
             out: O::any_mut(&mut out[..x.rows]),
         };

@@ -15,6 +15,8 @@ pub use softmax_kernels::{Draw, TokenLogprob};
 /// Draws tokens from rows of logits. The options apply in this fixed order,
 /// as in Hugging Face's generation:
 ///
+/// 0. **soft-cap**, when set: x ← c · tanh(x / c) (Gemma 2's final-logit cap;
+///    −inf stays −inf, +inf becomes c), as a model computes its logits;
 /// 1. **logit bias** v = x + bias (a bias of −inf bans the token);
 /// 2. **temperature** t: z = v / t (t = 0: the first index of the largest v,
 ///    whatever the other options);
@@ -31,6 +33,7 @@ pub use softmax_kernels::{Draw, TokenLogprob};
 #[derive(Clone, Debug)]
 pub struct Sampler {
     softmax: Softmax,
+    soft_cap: Option<f32>,
     temperature: Option<Temperature>,
     top_k: Option<usize>,
     top_p: f32,
@@ -46,6 +49,7 @@ impl Sampler {
     pub fn new(seed: u64) -> Self {
         Self {
             softmax: Softmax::new(),
+            soft_cap: None,
             temperature: Some(Temperature::default()),
             top_k: None,
             top_p: 1.0,
@@ -64,6 +68,17 @@ impl Sampler {
             _ if t.is_finite() && t >= f32::MIN_POSITIVE => Some(Temperature::new(t)),
             _ => return Err(Error::InvalidTemperature(t)),
         };
+        Ok(self)
+    }
+
+    /// Caps the logits first: x ← c · tanh(x / c), c finite and > 0 with 2/c
+    /// finite. Each row is capped once into working space, in f32 with the
+    /// same bits on every ISA, and sampled from there; log-probabilities are
+    /// those of the capped logits. At t = 0 the argmax is taken over the
+    /// capped logits, where logits far above c may tie at c (the lowest index wins).
+    pub fn with_soft_cap(mut self, c: f32) -> Result<Self, Error> {
+        crate::options::fold_soft_cap(c, 1.0)?;
+        self.soft_cap = Some(c);
         Ok(self)
     }
 
@@ -164,6 +179,10 @@ impl Sampler {
         self.with_parallelism(Parallelism::Pool(pool))
     }
 
+    /// The soft-cap c, if any.
+    pub fn soft_cap(&self) -> Option<f32> {
+        self.soft_cap
+    }
     /// The temperature t (0: the argmax).
     pub fn temperature(&self) -> f32 {
         self.temperature.map_or(0.0, |t| t.get())
@@ -375,6 +394,10 @@ impl Sampler {
 
     fn options(&self, step: u64, logprob: bool) -> SampleOptions<'_> {
         SampleOptions {
+            // Checked when the cap was set.
+            cap: self
+                .soft_cap
+                .and_then(|c| crate::options::fold_soft_cap(c, 1.0).ok()),
             temperature: self.temperature,
             top_k: self.top_k.unwrap_or(usize::MAX),
             top_p: self.top_p as f64,

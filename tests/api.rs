@@ -151,6 +151,7 @@ fn scalar_isa_is_the_generic_body_on_the_scalar_token() {
             output: Output::Softmax,
             method,
             temperature: Temperature::new(1.0),
+            cap: None,
             x: Some(Strided::new(&x[..], 1, n, n)),
             y: StridedMut::new(&mut kernel[..], 1, n, n),
         }

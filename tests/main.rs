@@ -15,5 +15,6 @@ mod half;
 mod matrix;
 mod properties;
 mod sampling;
+mod soft_cap;
 mod special_values;
 mod training;

@@ -37,10 +37,10 @@ use crate::loops::{
     chunks, map_or_update, map_or_update_pair, read, read_pair, run_pair, run_short,
     run_short_ahead, write, Io, Kernel, NextRow, PairIo, Stage, CHUNK,
 };
-use crate::output::{Elementwise, Fill, InfShare, Map, Scale};
+use crate::output::{Fill, InfShare, Map, Scale};
 use crate::shift::Unit;
 use crate::storage::{widen, AnySlice, AnySliceMut, Kind};
-use crate::tanh::SoftCap;
+use crate::tanh::{CapSlope, SoftCap};
 use crate::{stage_len, Batch, Job};
 use pulp::Simd;
 
@@ -880,16 +880,6 @@ impl Batch for AttentionForward<'_> {
     fn combine(_: (), _: ()) {}
 }
 
-/// dx = dx · (1 − tanh²(k·x)), with (main, side) = (dx, x).
-struct CapSlope(SoftCap);
-
-impl<S: Simd> Elementwise<S, (S::f32s, S::f32s)> for CapSlope {
-    #[inline(always)]
-    fn apply(&self, simd: S, (g, x): (S::f32s, S::f32s)) -> S::f32s {
-        simd.mul_f32s(g, self.0.slope(simd, x))
-    }
-}
-
 /// The backward pass of [`AttentionForward`] over rows `first .. first +
 /// rows`: from y and dy (in place over dx, which holds dy, when `dy` is
 /// `None`) into dx; the raw scores `x` are read under a soft-cap. Every row
@@ -949,7 +939,7 @@ impl Job for AttentionBackward<'_> {
             );
             if let (Logit::Capped(cap), Some(x)) = (self.logit, &self.x) {
                 let io = PairIo::InPlace(dx, x.row(r));
-                run_pair(arch, io, st, &mut Map(CapSlope(cap)));
+                run_pair(arch, io, st, &mut Map(CapSlope { cap, factor: 1.0 }));
             }
         }
         sinks

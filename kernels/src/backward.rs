@@ -11,6 +11,8 @@
 //! ```
 //! Pass 2 may write over g. Non-finite inputs propagate as IEEE arithmetic
 //! does: a NaN or infinite g (or a NaN y) makes s, and so every dx of the row, NaN.
+//! Under a soft-cap v = (c/t)·tanh(x/c), pass 3 multiplies dx by
+//! 1 − tanh²(x/c) (the 1/t is already in), reading the logits x.
 
 use crate::arch::Arch;
 use crate::exp::{exp_nonpositive, CUTOFF};
@@ -19,6 +21,7 @@ use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
 use crate::output::{Elementwise, Map};
 use crate::storage::{AnySlice, AnySliceMut};
 use crate::strided::{SplitRows, Strided, StridedMut};
+use crate::tanh::{CapSlope, SoftCap};
 use crate::{stage_len, Batch, Job, Output, Temperature};
 use pulp::Simd;
 
@@ -131,12 +134,14 @@ pub(crate) fn backward_row<A: Arch>(
     }
 }
 
-/// Row `i` of the softmax Jacobian, diag(y)/t - y yᵀ/t, into `out` (as long as y).
+/// Row `i` of the softmax Jacobian, diag(y)/t - y yᵀ/t, into `out` (as long
+/// as y); under a soft-cap, column j times 1 − tanh²(x_j/c), read from `cap`'s logits.
 #[inline(always)]
 pub(crate) fn jacobian_row<A: Arch>(
     arch: A,
     st: &mut Stage<'_>,
     temperature: Temperature,
+    cap: Option<(SoftCap, AnySlice<'_>)>,
     y: AnySlice<'_>,
     i: usize,
     mut out: AnySliceMut<'_>,
@@ -145,15 +150,26 @@ pub(crate) fn jacobian_row<A: Arch>(
     let yi = y.get(i);
     let times = &mut Map(Times((-yi * inv_t) as f32));
     write(arch, Some(y), out.reborrow(), st, times);
-    out.set(i, yi * (1.0 - yi) * inv_t);
+    let diagonal = yi * (1.0 - yi) * inv_t;
+    match cap {
+        None => out.set(i, diagonal),
+        Some((cap, x)) => {
+            let slope = cap.slope_f64(x.get(i));
+            let io = PairIo::InPlace(out.reborrow(), x);
+            run_pair(arch, io, st, &mut Map(CapSlope { cap, factor: 1.0 }));
+            out.set(i, diagonal * slope);
+        }
+    }
 }
 
 /// The backward pass of softmax or log-softmax over rows: from the forward
 /// output `y` and the upstream gradient `g` into `dx`, or in place over g
-/// (`dx` holds g) when `g` is `None`. All three rows are of one type.
+/// (`dx` holds g) when `g` is `None`; through a soft-cap, with its logits
+/// `x`, when `cap` is given. All the rows are of one type.
 pub struct Backward<'a> {
     pub output: Output,
     pub temperature: Temperature,
+    pub cap: Option<(SoftCap, Strided<'a>)>,
     pub y: Strided<'a>,
     pub g: Option<Strided<'a>>,
     pub dx: StridedMut<'a>,
@@ -177,17 +193,31 @@ impl Job for Backward<'_> {
                 Some(g) => Some(g.row(i)),
                 None => None,
             };
-            let (y, dx) = (self.y.row(i), self.dx.row_mut(i));
+            let (y, mut dx) = (self.y.row(i), self.dx.row_mut(i));
             let (output, t, st) = (self.output, self.temperature, &mut stage);
-            backward_row(arch, st, output, t, y, gi, dx);
+            backward_row(arch, st, output, t, y, gi, dx.reborrow());
+            if let Some((cap, x)) = &self.cap {
+                let io = PairIo::InPlace(dx, x.row(i));
+                run_pair(
+                    arch,
+                    io,
+                    st,
+                    &mut Map(CapSlope {
+                        cap: *cap,
+                        factor: 1.0,
+                    }),
+                );
+            }
         }
     }
 }
 
 /// The softmax Jacobian (diag(y) - y yᵀ)/t of one row y of K elements, into
-/// `out`, K rows of K (row-major).
+/// `out`, K rows of K (row-major); under a soft-cap, times diag(1 − tanh²(x/c))
+/// on the right, with the row's logits x.
 pub struct Jacobian<'a> {
     pub temperature: Temperature,
+    pub cap: Option<(SoftCap, AnySlice<'a>)>,
     pub y: AnySlice<'a>,
     pub out: AnySliceMut<'a>,
 }
@@ -202,11 +232,15 @@ impl Job for Jacobian<'_> {
     #[inline(always)]
     fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
         let k = self.y.len();
+        if let Some((_, x)) = &self.cap {
+            assert_eq!(x.len(), k, "one logit per output");
+        }
         assert_eq!(self.out.len(), k * k, "a Jacobian of K×K elements");
         let mut stage = Stage::new(scratch);
         for i in 0..k {
             let row = self.out.reborrow().into_slice(i * k..(i + 1) * k);
-            jacobian_row(arch, &mut stage, self.temperature, self.y, i, row);
+            let t = self.temperature;
+            jacobian_row(arch, &mut stage, t, self.cap, self.y, i, row);
         }
     }
 }
@@ -219,8 +253,21 @@ impl Batch for Backward<'_> {
         let (ya, yb) = self.y.split_at(k);
         let (ga, gb) = self.g.split_rows(k);
         let (da, db) = self.dx.split_at(k);
-        let half = |y, g, dx| Backward { y, g, dx, ..self };
-        (half(ya, ga, da), half(yb, gb, db))
+        let (ca, cb) = match self.cap {
+            Some((cap, x)) => {
+                let (xa, xb) = x.split_at(k);
+                (Some((cap, xa)), Some((cap, xb)))
+            }
+            None => (None, None),
+        };
+        let half = |y, g, dx, cap| Backward {
+            y,
+            g,
+            dx,
+            cap,
+            ..self
+        };
+        (half(ya, ga, da, ca), half(yb, gb, db, cb))
     }
     fn combine(_: (), _: ()) {}
 }

@@ -28,6 +28,11 @@
 //! gradient NaN; k entries of +inf share probability 1/k and log-probability
 //! -ln k, the rest 0 and -inf; all -inf: probability 0, log-probability -inf)
 //! and are computed element by element in f64.
+//!
+//! Under a soft-cap v = (c/t)·tanh(x/c) each row is first capped into working
+//! space, with dv/dx = (1/t)·(1 − tanh²(x/c)) beside it when there is a
+//! gradient; the row is then scored as above at t = 1, and its gradient
+//! (in f32) times dv/dx is rounded once into the caller's row.
 
 use crate::arch::Arch;
 use crate::backward::Sum;
@@ -38,10 +43,11 @@ use crate::forward::{
     ExpPass, Special, Stats, SumExp, PEAKED,
 };
 use crate::loops::{read, read_pair, run, run_pair, write, Io, Kernel, PairIo, Stage};
-use crate::output::{Fill, Map, ScaleOffset};
+use crate::output::{Fill, Map, Product, ScaleOffset};
 use crate::shift::{with_shift_and_test, AnyShift, Shift};
 use crate::storage::{AnySlice, AnySliceMut, Kind};
 use crate::strided::{SplitRows, Strided, StridedMut};
+use crate::tanh::{Slope, SoftCap};
 use crate::{stage_len, Batch, Job, Method, Temperature};
 use pulp::Simd;
 
@@ -68,6 +74,8 @@ pub struct LossOptions<'a> {
     pub weight_sum: f64,
     /// Multiplies every gradient (1, or 1/N for a mean).
     pub grad_scale: f64,
+    /// A soft-cap on the logits, the temperature folded into its c.
+    pub cap: Option<SoftCap>,
 }
 
 /// The target of a row as coefficients: a_j = label_coef·[j = label] + base + side_coef·v_j.
@@ -343,6 +351,60 @@ pub(crate) fn cross_entropy_row<A: Arch>(
             g.set(label, scale * (c.total * p - c.at(label)));
         }
     }
+    loss
+}
+
+/// The loss of one soft-capped row (see the module's notes), its gradient too
+/// when `grad` is given; in place when `x` is `None`. `space` holds a row of
+/// f32 for the capped logits, one for dv/dx (with a gradient) and one for the
+/// f32 gradient (for a gradient that is not f32).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn capped_cross_entropy_row<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    options: &LossOptions<'_>,
+    cap: SoftCap,
+    method: Method,
+    target: RowTarget<'_>,
+    x: Option<AnySlice<'_>>,
+    grad: Option<AnySliceMut<'_>>,
+    space: &mut [f32],
+) -> f64 {
+    if let RowTarget::Ignored = target {
+        return cross_entropy_row(arch, st, options, method, target, x, grad, &mut []);
+    }
+    let source = logits(&x, grad.as_ref());
+    let n = source.len();
+    let (v, rest) = space.split_at_mut(n);
+    let (slope, rest) = rest.split_at_mut(if grad.is_some() { n } else { 0 });
+    write(arch, Some(source), AnySliceMut::F32(v), st, &mut Map(cap));
+    if grad.is_some() {
+        let factor = options.temperature.inv;
+        let slope_of = &mut Map(Slope { cap, factor });
+        write(arch, Some(source), AnySliceMut::F32(slope), st, slope_of);
+    }
+    let inner = LossOptions {
+        temperature: Temperature::default(),
+        cap: None,
+        ..*options
+    };
+    let v = Some(AnySlice::F32(v));
+    let Some(mut g) = grad else {
+        return cross_entropy_row(arch, st, &inner, method, target, v, None, &mut []);
+    };
+    let slope = AnySlice::F32(slope);
+    if g.kind() == Kind::F32 {
+        let gv = Some(g.reborrow());
+        let loss = cross_entropy_row(arch, st, &inner, method, target, v, gv, &mut []);
+        run_pair(arch, PairIo::InPlace(g, slope), st, &mut Map(Product));
+        return loss;
+    }
+    let g32 = &mut rest[..n];
+    let gv = Some(AnySliceMut::F32(&mut *g32));
+    let loss = cross_entropy_row(arch, st, &inner, method, target, v, gv, &mut []);
+    let io = PairIo::Map(AnySlice::F32(g32), slope, g);
+    run_pair(arch, io, st, &mut Map(Product));
     loss
 }
 
@@ -794,7 +856,8 @@ impl CrossEntropy<'_> {
     /// (stage, exponentials) lengths of the scratch space: a [`Stage`] for
     /// f16 or bf16 rows, and a row of f32 exponentials where
     /// [`stored_passes`] runs and cannot keep them in the gradient row (in
-    /// place, or a gradient that is not f32).
+    /// place, or a gradient that is not f32); under a cap, the rows of
+    /// [`capped_cross_entropy_row`] instead.
     #[inline(always)]
     fn scratch_parts(&self) -> (usize, usize) {
         let x = self.x.as_ref().map(|x| x.kind());
@@ -811,9 +874,14 @@ impl CrossEntropy<'_> {
             }
         };
         let stored = self.method == Method::ThreePass && !side_row;
-        let exps = match (stored, x, g) {
-            (true, None, Some(_)) => self.cols(),
-            (true, Some(_), Some(g)) if g != Kind::F32 => self.cols(),
+        let cols = self.cols();
+        let exps = match (self.options.cap, stored, x, g) {
+            // The capped rows, dv/dx, and an f32 gradient unless the caller's is one.
+            (Some(_), _, _, None) => cols,
+            (Some(_), _, _, Some(Kind::F32)) => 2 * cols,
+            (Some(_), _, _, Some(_)) => 3 * cols,
+            (None, true, None, Some(_)) => cols,
+            (None, true, Some(_), Some(g)) if g != Kind::F32 => cols,
             _ => 0,
         };
         (stage, exps)
@@ -851,7 +919,12 @@ impl Job for CrossEntropy<'_> {
             let target = self.targets.row(i);
             let st = &mut stage;
             let options = &self.options;
-            let loss = cross_entropy_row(arch, st, options, method, target, xi, gi, exps);
+            let loss = match options.cap {
+                Some(cap) => {
+                    capped_cross_entropy_row(arch, st, options, cap, method, target, xi, gi, exps)
+                }
+                None => cross_entropy_row(arch, st, options, method, target, xi, gi, exps),
+            };
             if let Some(losses) = self.losses.as_deref_mut() {
                 losses[i] = loss as f32;
             }

@@ -27,6 +27,7 @@ use crate::scan::SpecialScan;
 use crate::shift::{with_shift, with_shift_and_test, AnyShift, Shift};
 use crate::storage::{self, AnySlice, AnySliceMut, Kind};
 use crate::strided::{SplitRows, Strided, StridedMut};
+use crate::tanh::SoftCap;
 use crate::{stage_len, Batch, Job, Method, Output, Temperature};
 
 /// Elements per online block: small enough that the block's second read hits L1.
@@ -630,12 +631,58 @@ pub(crate) fn logsumexp_row<A: Arch>(
 }
 
 /// Softmax or log-softmax over rows: `x → y`, or in place on `y` when `x` is `None`.
+/// Under a soft-cap the rows are softmax(v), v = cap(x) (the temperature
+/// folded into the cap's c), and `temperature` must be 1.
 pub struct Forward<'a> {
     pub output: Output,
     pub method: Method,
     pub temperature: Temperature,
+    pub cap: Option<SoftCap>,
     pub x: Option<Strided<'a>>,
     pub y: StridedMut<'a>,
+}
+
+/// Softmax or log-softmax of one soft-capped row: v = cap(x) written once (into
+/// `y` when it is f32, else into `v_space`), then the method's passes over v.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn capped_row<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    output: Output,
+    method: Method,
+    cap: SoftCap,
+    x: Option<AnySlice<'_>>,
+    mut y: AnySliceMut<'_>,
+    v_space: &mut [f32],
+    exps: &mut [f32],
+) {
+    let one = Temperature::default();
+    if y.kind() == Kind::F32 {
+        write(arch, x, y.reborrow(), st, &mut Map(cap));
+        return forward_row(arch, st, output, method, one, None, y, exps, NextRow::NONE);
+    }
+    let v = &mut v_space[..y.len()];
+    let source = x.unwrap_or(y.shared());
+    write(arch, Some(source), AnySliceMut::F32(v), st, &mut Map(cap));
+    let v = Some(AnySlice::F32(v));
+    forward_row(arch, st, output, method, one, v, y, exps, NextRow::NONE)
+}
+
+/// ln Σ exp(v) of a soft-capped row, v = cap(x) written into `v_space`.
+#[inline(always)]
+fn capped_logsumexp<A: Arch>(
+    arch: A,
+    st: &mut Stage<'_>,
+    method: Method,
+    cap: SoftCap,
+    x: AnySlice<'_>,
+    v_space: &mut [f32],
+) -> f64 {
+    let v = &mut v_space[..x.len()];
+    write(arch, Some(x), AnySliceMut::F32(v), st, &mut Map(cap));
+    let v = AnySlice::F32(v);
+    logsumexp_row(arch, st, method, Temperature::default(), v, NextRow::NONE)
 }
 
 impl Forward<'_> {
@@ -647,13 +694,18 @@ impl Forward<'_> {
 
     /// (stage, widened input, exponentials) lengths of the scratch space: a
     /// [`Stage`] for f16 or bf16 rows; the input row in f32 when it is
-    /// f16 or bf16 and the method reads it more than once; and a row of f32
+    /// f16 or bf16 and the method reads it more than once (under a cap: the
+    /// capped row, when the output is not f32); and a row of f32
     /// exponentials for a three-pass softmax whose output is not f32.
     #[inline(always)]
     fn scratch_parts(&self) -> (usize, usize, usize) {
         let stage = stage_len(&[self.input_kind(), self.y.kind()]);
         let cols = self.y.cols();
-        let widened = widened_len(self.method, self.input_kind(), cols);
+        let widened = match self.cap {
+            Some(_) if self.y.kind() != Kind::F32 => cols,
+            Some(_) => 0,
+            None => widened_len(self.method, self.input_kind(), cols),
+        };
         let three_pass_softmax = self.output == Output::Softmax && self.method == Method::ThreePass;
         let exps = if three_pass_softmax && self.y.kind() != Kind::F32 {
             cols
@@ -706,6 +758,7 @@ impl Job for Forward<'_> {
             output,
             method,
             temperature,
+            cap,
             x,
             mut y,
         } = self;
@@ -719,6 +772,19 @@ impl Job for Forward<'_> {
         let (stage, rest) = scratch.split_at_mut(stage_len);
         let (space, exps) = rest.split_at_mut(widened_len);
         let mut stage = Stage::new(stage);
+        if let Some(cap) = cap {
+            for i in 0..y.rows() {
+                // A match, not Option::map: a closure would be compiled outside the region.
+                #[allow(clippy::manual_map)]
+                let xi = match &x {
+                    Some(x) => Some(x.row(i)),
+                    None => None,
+                };
+                let (yi, st) = (y.row_mut(i), &mut stage);
+                capped_row(arch, st, output, method, cap, xi, yi, space, exps);
+            }
+            return;
+        }
         if output == Output::Softmax && method == Method::ThreePass && widened_len == 0 {
             return softmax_rows(arch, &mut stage, temperature, x, y, exps);
         }
@@ -818,10 +884,13 @@ impl Job for RowSoftmax<'_> {
     }
 }
 
-/// t · ln Σ exp(x/t) of each row into `out[i]`, rounded to `out`'s type.
+/// t · ln Σ exp(x/t) of each row into `out[i]`, rounded to `out`'s type;
+/// under a soft-cap t · ln Σ exp(v), v = cap(x) with 1/t folded into the
+/// cap's c (then `temperature` is still t).
 pub struct LogSumExp<'a> {
     pub method: Method,
     pub temperature: Temperature,
+    pub cap: Option<SoftCap>,
     pub x: Strided<'a>,
     pub out: AnySliceMut<'a>,
 }
@@ -830,8 +899,12 @@ impl Job for LogSumExp<'_> {
     type Output = ();
 
     fn scratch_len(&self) -> usize {
-        let kind = self.x.kind();
-        stage_len(&[kind]) + widened_len(self.method, kind, self.x.cols())
+        let (kind, cols) = (self.x.kind(), self.x.cols());
+        let space = match self.cap {
+            Some(_) => cols,
+            None => widened_len(self.method, kind, cols),
+        };
+        stage_len(&[kind]) + space
     }
 
     #[inline(always)]
@@ -840,6 +913,13 @@ impl Job for LogSumExp<'_> {
         let (stage, space) = scratch.split_at_mut(stage_len(&[self.x.kind()]));
         let mut stage = Stage::new(stage);
         let (method, t) = (self.method, self.temperature);
+        if let Some(cap) = self.cap {
+            for i in 0..self.x.rows() {
+                let ln_sum = capped_logsumexp(arch, &mut stage, method, cap, self.x.row(i), space);
+                self.out.set(i, t.t as f64 * ln_sum);
+            }
+            return;
+        }
         let widen = rereads(method, self.x.kind());
         for i in 0..self.x.rows() {
             let (xi, next) = match widen {

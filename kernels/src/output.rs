@@ -151,6 +151,16 @@ fn round_to_odd<S: Simd>(simd: S, y: S::f32s, e: S::f32s) -> S::f32s {
 
 pub(crate) struct Fill(pub(crate) f32);
 
+/// y = main · side.
+pub(crate) struct Product;
+
+impl<S: Simd> Elementwise<S, (S::f32s, S::f32s)> for Product {
+    #[inline(always)]
+    fn apply(&self, simd: S, (a, b): (S::f32s, S::f32s)) -> S::f32s {
+        simd.mul_f32s(a, b)
+    }
+}
+
 impl<S: Simd> Elementwise<S> for Fill {
     #[inline(always)]
     fn apply(&self, simd: S, _: S::f32s) -> S::f32s {

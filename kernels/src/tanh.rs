@@ -15,7 +15,8 @@
 //! ```
 //! Below w = [`CUTOFF`] (|a| > 43.67) e^w is taken as 0 and em1 as −1, so
 //! tanh|a| is exactly 1 there (it is 1 in f32 from |a| ≈ 9.01). A NaN stays
-//! NaN; ±inf gives ±c (and slope 0).
+//! NaN; +inf gives c and −inf stays −inf (a −inf logit is a hidden one, and
+//! the cap must not give it mass: onnx#7865's leak), both with slope 0.
 //!
 //! Taylor's remainder after r⁶ is below r⁷/8! ≤ 1.6·10⁻⁸ (0.27 steps).
 //! Error (measured by the tests, every 97th f32 of 2^-100 ≤ |a| < 50 against
@@ -24,6 +25,7 @@
 //! c·tanh(k·x) carries at most ~3 ulp of c·|tanh| besides the rounding of k.
 
 use crate::exp::{reduce, CUTOFF};
+use crate::output::Elementwise;
 
 /// 1/(k+1)! for k = 0..=6: (e^r − 1)/r = Σ r^k/(k+1)!, Horner's coefficients.
 const EXPM1_Q: [f32; 7] = [
@@ -93,7 +95,7 @@ impl SoftCap {
         }
     }
 
-    /// c · tanh(k · x) per lane.
+    /// c · tanh(k · x) per lane; −inf stays −inf.
     #[inline(always)]
     pub(crate) fn apply<S: Simd>(&self, simd: S, x: S::f32s) -> S::f32s {
         let (w, sign) = folded(simd, x, self.twice_k);
@@ -101,10 +103,19 @@ impl SoftCap {
         // −tanh|a|, then the sign of a flipped in: −sign(a)·tanh|a|, times −c.
         let minus_t = simd.div_f32s(em1, simd.add_f32s(simd.splat_f32s(2.0), em1));
         let bits = simd.xor_u32s(simd.transmute_u32s_f32s(minus_t), sign);
-        simd.mul_f32s(
+        let v = simd.mul_f32s(
             simd.transmute_f32s_u32s(bits),
             simd.splat_f32s(self.minus_c),
-        )
+        );
+        let hidden = simd.equal_f32s(x, simd.splat_f32s(f32::NEG_INFINITY));
+        simd.select_f32s(hidden, x, v)
+    }
+
+    /// 1 − tanh²(k · x) = 1/cosh²(k · x), in f64 (0 at ±inf, NaN at NaN).
+    #[inline(always)]
+    pub(crate) fn slope_f64(&self, x: f64) -> f64 {
+        let cosh = (x * (self.twice_k as f64 * 0.5)).cosh();
+        1.0 / (cosh * cosh)
     }
 
     /// 1 − tanh²(k · x) per lane: d/dx of the cap is c·k times this.
@@ -115,6 +126,42 @@ impl SoftCap {
         let d = simd.add_f32s(simd.splat_f32s(2.0), em1);
         let four_e = simd.mul_f32s(e, simd.splat_f32s(4.0));
         simd.div_f32s(four_e, simd.mul_f32s(d, d))
+    }
+}
+
+/// v = c · tanh(k · x) as an output pass.
+impl<S: Simd> Elementwise<S> for SoftCap {
+    #[inline(always)]
+    fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
+        SoftCap::apply(self, simd, x)
+    }
+}
+
+/// (1 − tanh²(k·x)) · factor: dv/dx of the cap where factor = c·k.
+pub(crate) struct Slope {
+    pub(crate) cap: SoftCap,
+    pub(crate) factor: f32,
+}
+
+impl<S: Simd> Elementwise<S> for Slope {
+    #[inline(always)]
+    fn apply(&self, simd: S, x: S::f32s) -> S::f32s {
+        simd.mul_f32s(self.cap.slope(simd, x), simd.splat_f32s(self.factor))
+    }
+}
+
+/// g · (1 − tanh²(k·x)) · factor, with (main, side) = (g, x): a gradient
+/// through the cap, dv/dx = c·k·(1 − tanh²), times what else scales it.
+pub(crate) struct CapSlope {
+    pub(crate) cap: SoftCap,
+    pub(crate) factor: f32,
+}
+
+impl<S: Simd> Elementwise<S, (S::f32s, S::f32s)> for CapSlope {
+    #[inline(always)]
+    fn apply(&self, simd: S, (g, x): (S::f32s, S::f32s)) -> S::f32s {
+        let slope = self.cap.slope(simd, x);
+        simd.mul_f32s(g, simd.mul_f32s(slope, simd.splat_f32s(self.factor)))
     }
 }
 
@@ -166,11 +213,13 @@ mod tests {
     fn special_values() {
         let cap = SoftCap::new(0.5, 30.0);
         assert_eq!(cap.apply(Scalar, f32::INFINITY), 30.0);
-        assert_eq!(cap.apply(Scalar, f32::NEG_INFINITY), -30.0);
+        assert_eq!(cap.apply(Scalar, f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert_eq!(cap.apply(Scalar, -f32::MAX), -30.0);
         assert_eq!(cap.apply(Scalar, 0.0), 0.0);
         assert_eq!(cap.apply(Scalar, -0.0), 0.0);
         assert!(cap.apply(Scalar, f32::NAN).is_nan());
         assert_eq!(cap.slope(Scalar, f32::INFINITY), 0.0);
+        assert_eq!(cap.slope(Scalar, f32::NEG_INFINITY), 0.0);
         assert_eq!(cap.slope(Scalar, 0.0), 1.0);
         assert!(cap.slope(Scalar, f32::NAN).is_nan());
     }

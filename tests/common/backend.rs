@@ -117,6 +117,7 @@ impl Backend {
                     output,
                     method: Self::method(algorithm, n),
                     temperature: Temperature::new(t),
+                    cap: None,
                     x: x.map(|x| Strided::new(I::any(x), 1, n, n)),
                     y: StridedMut::new(O::any_mut(y), 1, n, n),
                 });
@@ -136,6 +137,7 @@ impl Backend {
                 self.vectorize(LogSumExp {
                     method: Self::method(algorithm, n),
                     temperature: Temperature::new(t),
+                    cap: None,
                     x: Strided::new(I::any(x), 1, n, n),
                     out: AnySliceMut::F32(&mut out),
                 });

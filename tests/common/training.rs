@@ -260,6 +260,7 @@ impl Backend {
                 self.vectorize(Backward {
                     output,
                     temperature: Temperature::new(t),
+                    cap: None,
                     y: Strided::new(T::any(y), r, c, s),
                     g: g.map(|g| Strided::new(T::any(g), r, c, s)),
                     dx: StridedMut::new(T::any_mut(dx), r, c, s),
@@ -276,6 +277,7 @@ impl Backend {
                 .unwrap_or_else(|e| panic!("{isa}: a valid Jacobian call failed: {e}")),
             _ => self.vectorize(Jacobian {
                 temperature: Temperature::new(t),
+                cap: None,
                 y: T::any(y),
                 out: O::any_mut(out),
             }),
@@ -345,6 +347,7 @@ impl Backend {
                         None => c as f64,
                     },
                     grad_scale: cfg.scale(denominator),
+                    cap: None,
                 };
                 let method = match cfg.algorithm {
                     Algorithm::Online => Method::Online,

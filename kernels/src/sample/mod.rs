@@ -2,7 +2,8 @@
 //! the row and without writing a normalised copy of it.
 //!
 //! ```text
-//! v = x + bias (a bias of -inf bans), z = (v - max)/t
+//! v = x + bias (a bias of -inf bans), z = (v - max)/t; under a soft-cap x is
+//!          c·tanh(x/c), capped into working space before anything else
 //! pass 1 (SIMD, one read): max of each block of BLOCK elements, and whether any is NaN
 //! t = 0:   the first index holding max
 //! top-k:   L = k-th largest block max ≤ k-th largest v, so only blocks with max ≥ L
@@ -29,10 +30,14 @@ mod draw;
 mod truncate;
 
 use crate::arch::Arch;
+use crate::loops::write;
 use crate::loops::Stage;
+use crate::output::Map;
 use crate::random::Stream;
+use crate::storage::AnySliceMut;
 use crate::storage::{AnySlice, Storage};
 use crate::strided::Strided;
+use crate::tanh::SoftCap;
 use crate::{stage_len, Batch, Job, Temperature};
 use blocks::{block_maxima, block_sums};
 use draw::{draw, sample_infinite};
@@ -55,6 +60,10 @@ pub enum Draw {
 /// What to sample and how. Validated by the `softmax` crate.
 #[derive(Clone, Copy, Debug)]
 pub struct SampleOptions<'a> {
+    /// A soft-cap c·tanh(x/c) on the logits, before everything else: the
+    /// row is capped into working space once (f32, the same bits on every
+    /// ISA) and sampled from there.
+    pub cap: Option<SoftCap>,
     /// `None`: temperature 0, the first index of the max.
     pub temperature: Option<Temperature>,
     /// Keep the logits ≥ the k-th largest (`usize::MAX`: off).
@@ -389,12 +398,17 @@ impl Job for Sample<'_> {
     type Output = ();
 
     fn scratch_len(&self) -> usize {
-        stage_len(&[self.x.kind()])
+        let capped = match self.options.cap {
+            Some(_) => self.x.cols(),
+            None => 0,
+        };
+        stage_len(&[self.x.kind()]) + capped
     }
 
     #[inline(always)]
     fn run<A: Arch>(mut self, arch: A, scratch: &mut [f32]) {
-        let mut stage = Stage::new(scratch);
+        let (stage, capped) = scratch.split_at_mut(stage_len(&[self.x.kind()]));
+        let mut stage = Stage::new(stage);
         let (rows, cols) = (self.x.rows(), self.x.cols());
         assert!(self.out.len() >= rows, "one outcome per row");
         assert!(self.top.len() >= rows * self.top_n, "top_n pairs per row");
@@ -409,8 +423,21 @@ impl Job for Sample<'_> {
                 Some(k) => Some(&mut k[i * cols..(i + 1) * cols]),
                 None => None,
             };
-            let x = self.x.row(i);
             let st = &mut stage;
+            let x = match o.cap {
+                Some(cap) => {
+                    let v = &mut capped[..cols];
+                    write(
+                        arch,
+                        Some(self.x.row(i)),
+                        AnySliceMut::F32(v),
+                        st,
+                        &mut Map(cap),
+                    );
+                    AnySlice::F32(v)
+                }
+                None => self.x.row(i),
+            };
             self.out[i] = sample_row(arch, st, x, o, stream, &mut ws, top, kept);
         }
     }
