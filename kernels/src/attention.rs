@@ -29,14 +29,15 @@
 #![allow(clippy::manual_map)]
 
 use crate::arch::{Arch, F32s};
-use crate::backward::{Dot, SoftmaxGrad, Sum};
+use crate::backward::{Dot, DotAndSum, SoftmaxGrad};
 use crate::exp::CUTOFF;
 use crate::exp_sum::ExpSum;
 use crate::forward::{classify, may_fall_below, softmax_any, stored_floor, Special};
 use crate::loops::{
-    chunks, map_or_update, map_or_update_pair, read, read_pair, run_pair, run_short,
-    run_short_ahead, write, Io, Kernel, NextRow, PairIo, Stage, CHUNK,
+    chunks, map_or_update, map_or_update_pair, read_pair, run_pair, run_short, run_short_ahead,
+    write, Io, Kernel, NextRow, PairIo, Stage, CHUNK,
 };
+use crate::max::MinMax;
 use crate::output::{Fill, InfShare, Map, Scale};
 use crate::shift::Unit;
 use crate::storage::{widen, AnySlice, AnySliceMut, Kind};
@@ -334,18 +335,18 @@ fn take_range<S: Simd>(
 /// Pass 1 without a bias row: v = logit(x), stored; max and min taken.
 struct Logits<T> {
     to: T,
-    max: f32,
-    min: f32,
+    range: MinMax,
 }
 
 /// Pass 1 with a bias row m: v = logit(x) + slope·m (−inf where m is −inf).
 struct BiasedLogits<T> {
     to: T,
     slope: f32,
-    max: f32,
-    min: f32,
+    range: MinMax,
 }
 
+/// The accumulator of pass 1: [`MinMax`]'s, over v (the tails are left out
+/// in `step_tail`, so the row's fill is 0, a value tanh and the products keep finite).
 macro_rules! range_acc {
     () => {
         type Acc = (S::f32s, S::f32s);
@@ -355,19 +356,15 @@ macro_rules! range_acc {
         }
         #[inline(always)]
         fn init(&self, simd: S) -> Self::Acc {
-            (
-                simd.splat_f32s(f32::NEG_INFINITY),
-                simd.splat_f32s(f32::INFINITY),
-            )
+            Kernel::<S>::init(&self.range, simd)
         }
         #[inline(always)]
         fn merge(&self, simd: S, a: Self::Acc, b: Self::Acc) -> Self::Acc {
-            (simd.max_f32s(a.0, b.0), simd.min_f32s(a.1, b.1))
+            self.range.merge(simd, a, b)
         }
         #[inline(always)]
-        fn flush(&mut self, simd: S, (m, l): Self::Acc) {
-            self.max = self.max.max(simd.reduce_max_f32s(m));
-            self.min = self.min.min(simd.reduce_min_f32s(l));
+        fn flush(&mut self, simd: S, acc: Self::Acc) {
+            self.range.flush(simd, acc)
         }
     };
 }
@@ -573,24 +570,20 @@ fn logits_with<A: Arch, T: ToLogit>(
     slope: f32,
     v: &mut [f32],
 ) -> (f32, f32) {
-    let (max, min) = (f32::NEG_INFINITY, f32::INFINITY);
-    match side {
+    let range = MinMax::new();
+    let MinMax { max, min } = match side {
         None => {
-            let mut k = Logits { to, max, min };
+            let mut k = Logits { to, range };
             map_or_update(arch, &mut k, x, v);
-            (k.max, k.min)
+            k.range
         }
         Some(side) => {
-            let mut k = BiasedLogits {
-                to,
-                slope,
-                max,
-                min,
-            };
+            let mut k = BiasedLogits { to, slope, range };
             map_or_update_pair(arch, &mut k, x, side, v);
-            (k.max, k.min)
+            k.range
         }
-    }
+    };
+    (max, min)
 }
 
 /// Passes 2 and 3 on the logits `v` (f32, written over), into `out` (or
@@ -694,10 +687,20 @@ fn attention_row<A: Arch>(
     if sink.is_nan() {
         return write(arch, None, y, st, &mut Map(Fill(f32::NAN)));
     }
+    // The visible keys: the plain softmax takes lo..hi; the fused passes run
+    // on to the end of the last vector where the row allows (see
+    // `logits_pass`). The rest is 0.
+    let end = match plain {
+        Some(_) => hi,
+        None => {
+            let lanes = core::mem::size_of::<F32s<A>>() / 4;
+            (lo + (hi - lo).div_ceil(lanes) * lanes).min(n)
+        }
+    };
+    zero(y.reborrow().into_slice(0..lo));
+    zero(y.reborrow().into_slice(end..n));
     if let Some(s) = plain {
         // softmax(s·x) over the visible keys is the plain softmax at t = 1/s.
-        zero(y.reborrow().into_slice(0..lo));
-        zero(y.reborrow().into_slice(hi..n));
         let xv = match x {
             Some(x) => Some(x.slice(lo..hi)),
             None => None,
@@ -705,12 +708,6 @@ fn attention_row<A: Arch>(
         let exps = &mut v_space[..if y.kind() == Kind::F32 { 0 } else { hi - lo }];
         return softmax_any(arch, st, s, xv, y.into_slice(lo..hi), exps, next);
     }
-    // The visible keys, run on to the end of their last vector where the row
-    // allows (see `logits_pass`); the rest is 0.
-    let lanes = core::mem::size_of::<F32s<A>>() / 4;
-    let end = (lo + (hi - lo).div_ceil(lanes) * lanes).min(n);
-    zero(y.reborrow().into_slice(0..lo));
-    zero(y.reborrow().into_slice(end..n));
     if lo == hi {
         return;
     }
@@ -917,15 +914,23 @@ impl Job for AttentionBackward<'_> {
                 None => None,
             };
             let mut dx = self.dx.row_mut(r, base);
-            let mut dot = Dot { total: 0.0 };
-            read_pair(arch, dy.unwrap_or(dx.shared()), y, st, &mut dot);
-            if self.sink_grads {
-                let mut sum = Sum { total: 0.0 };
-                read(arch, y, st, &mut sum);
-                sinks[r.1] -= (1.0 - sum.total) * dot.total;
-            }
-            let hi = dot.total as f32;
-            let lo = (dot.total - hi as f64) as f32;
+            let g = dy.unwrap_or(dx.shared());
+            let dot = match self.sink_grads {
+                // ⟨dy, y⟩ and Σy in one read of y.
+                true => {
+                    let mut k = DotAndSum { dot: 0.0, sum: 0.0 };
+                    read_pair(arch, g, y, st, &mut k);
+                    sinks[r.1] -= (1.0 - k.sum) * k.dot;
+                    k.dot
+                }
+                false => {
+                    let mut k = Dot { total: 0.0 };
+                    read_pair(arch, g, y, st, &mut k);
+                    k.total
+                }
+            };
+            let hi = dot as f32;
+            let lo = (dot - hi as f64) as f32;
             let grad = SoftmaxGrad {
                 hi,
                 lo,

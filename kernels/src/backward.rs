@@ -16,7 +16,7 @@
 
 use crate::arch::Arch;
 use crate::exp::{exp_nonpositive, CUTOFF};
-use crate::exp_sum::sums_lanes_into;
+use crate::exp_sum::{sum_lanes_f64, sums_lanes_into, SUM_FLUSH_STEPS};
 use crate::loops::{read, read_pair, run_pair, write, Kernel, PairIo, Stage};
 use crate::output::{Elementwise, Map};
 use crate::storage::{AnySlice, AnySliceMut};
@@ -39,6 +39,39 @@ impl<S: Simd> Kernel<S, (S::f32s, S::f32s)> for Dot {
     #[inline(always)]
     fn step(&self, simd: S, acc: S::f32s, (g, y): (S::f32s, S::f32s)) -> (S::f32s, S::f32s) {
         (simd.mul_add_f32s(g, y, acc), g)
+    }
+}
+
+/// (Σ main·side, Σ side) over a pair of rows, in one read: ⟨g, y⟩ and Σy,
+/// each summed as [`Dot`] and [`Sum`] sum theirs.
+pub(crate) struct DotAndSum {
+    pub(crate) dot: f64,
+    pub(crate) sum: f64,
+}
+
+impl<S: Simd> Kernel<S, (S::f32s, S::f32s)> for DotAndSum {
+    type Acc = (S::f32s, S::f32s);
+    const FLUSH_STEPS: usize = SUM_FLUSH_STEPS;
+    #[inline(always)]
+    fn fill(&self) -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    fn init(&self, simd: S) -> Self::Acc {
+        (simd.splat_f32s(0.0), simd.splat_f32s(0.0))
+    }
+    #[inline(always)]
+    fn step(&self, simd: S, (d, s): Self::Acc, (g, y): (S::f32s, S::f32s)) -> (Self::Acc, S::f32s) {
+        ((simd.mul_add_f32s(g, y, d), simd.add_f32s(s, y)), g)
+    }
+    #[inline(always)]
+    fn merge(&self, simd: S, a: Self::Acc, b: Self::Acc) -> Self::Acc {
+        (simd.add_f32s(a.0, b.0), simd.add_f32s(a.1, b.1))
+    }
+    #[inline(always)]
+    fn flush(&mut self, _: S, (d, s): Self::Acc) {
+        self.dot += sum_lanes_f64::<S>(&d);
+        self.sum += sum_lanes_f64::<S>(&s);
     }
 }
 
