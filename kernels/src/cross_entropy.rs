@@ -437,15 +437,25 @@ fn online_passes<A: Arch>(
         Stats::Finite { max, min, ln_sum } => (max, min, ln_sum),
         Stats::Special(special) => return Err(special),
     };
-    // Read before the gradient pass, which may overwrite it.
-    let x_label = c.label.map(|j| logits(&x, grad.as_deref()).get(j));
+    // Read before the gradient pass, which may overwrite it. Matches, not
+    // Option::map: a closure may be compiled outside the region.
+    #[allow(clippy::manual_map)]
+    let x_label = match c.label {
+        Some(j) => Some(logits(&x, grad.as_deref()).get(j)),
+        None => None,
+    };
     let has_terms = c.base != 0.0 || c.side.is_some();
     let mut terms = 0.0;
     if grad.is_some() || has_terms {
         let (cutoff, flush) = softmax_cutoff(max, min, inv_t, ln_sum);
+        #[allow(clippy::manual_map)]
+        let grad = match grad.as_mut() {
+            Some(g) => Some(g.reborrow()),
+            None => None,
+        };
         let io = Pass {
             x,
-            grad: grad.as_mut().map(|g| g.reborrow()),
+            grad,
             side: c.side,
         };
         let r = (scale * c.total * (-ln_sum).exp()) as f32;
@@ -488,7 +498,12 @@ fn stored_passes<A: Arch>(
     if !max.is_finite() {
         return Err(classify(arch, st, logits(&x, Some(grad))));
     }
-    let x_label = c.label.map(|j| logits(&x, Some(grad)).get(j));
+    // A match, not Option::map: a closure may be compiled outside the region.
+    #[allow(clippy::manual_map)]
+    let x_label = match c.label {
+        Some(j) => Some(logits(&x, Some(grad)).get(j)),
+        None => None,
+    };
     let n = grad.len();
     let sum_terms = c.base != 0.0;
     let range = (max, min, inv_t);
